@@ -1,0 +1,36 @@
+# Two commands: `make demo` runs the main job, `make test` runs the tests. Both create .venv on
+# a fresh machine. torch 2.13.0 goes in first (a CPU build; anything else pulls CUDA wheels), the
+# ROS 2 wheels only when `import rclpy` fails (a sourced ROS 2 install wins).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+ROS_WHEELS := ros-rclpy ros-rmw-fastrtps-cpp ros-std-msgs ros-sensor-msgs ros-geometry-msgs \
+              ros-diagnostic-msgs ros-rosgraph-msgs
+export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_large_data.xml
+
+.PHONY: env test lint demo bench clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PY) -c "import rclpy" 2>/dev/null || $(PIP) install -q $(ROS_WHEELS)
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+lint: env
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+demo: env
+	$(PY) -m sam_mmseg_ros.cli demo --output demo_output
+
+bench: env
+	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build install log demo_output .pytest_cache

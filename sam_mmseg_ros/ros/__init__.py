@@ -1,0 +1,1 @@
+"""The only package that imports rclpy and ROS message types."""

@@ -1,0 +1,1 @@
+"""Sensor encoders: camera model, LiDAR projection, events, depth, RGB, preprocess (numpy only)."""

@@ -1,0 +1,136 @@
+"""Pinhole camera model built from sensor_msgs/CameraInfo fields.
+
+Projection applies the lens distortion (plumb_bob or rational_polynomial), so LiDAR points land
+on the raw, distorted image the camera publishes. `resized` keeps the intrinsics right when
+images are scaled to the model input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sam_mmseg_ros.contracts import InputError
+
+DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "none", "")
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    width: int
+    height: int
+    K: np.ndarray  # [3, 3] float64
+    D: np.ndarray = field(default_factory=lambda: np.zeros(5))  # distortion coefficients
+    distortion_model: str = "plumb_bob"
+    frame_id: str = ""
+
+    def __post_init__(self):
+        K = np.asarray(self.K, np.float64).reshape(3, 3)
+        D = np.asarray(self.D, np.float64).ravel()
+        if self.width <= 0 or self.height <= 0:
+            raise InputError(f"camera_info has invalid size {self.width}x{self.height}")
+        if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise InputError(f"camera_info has invalid intrinsics K={K.ravel().tolist()}")
+        if self.distortion_model not in DISTORTION_MODELS:
+            raise InputError(f"unsupported distortion model '{self.distortion_model}' "
+                             f"(supported: plumb_bob, rational_polynomial)")
+        if not np.all(np.isfinite(D)):
+            raise InputError("camera_info distortion coefficients are not finite")
+        object.__setattr__(self, "K", K)
+        object.__setattr__(self, "D", D)
+
+    @classmethod
+    def from_camera_info(cls, width: int, height: int, distortion_model: str, d, k, p=None,
+                         frame_id: str = "") -> CameraModel:
+        """From CameraInfo fields. When K is all zero (an uncalibrated driver) P's left 3x3 is used."""
+        K = np.asarray(k, np.float64).reshape(3, 3)
+        if not K.any() and p is not None and np.asarray(p).any():
+            K = np.asarray(p, np.float64).reshape(3, 4)[:, :3]
+        return cls(int(width), int(height), K, np.asarray(d, np.float64), distortion_model or "plumb_bob",
+                   frame_id)
+
+    @classmethod
+    def from_fov(cls, width: int, height: int, hfov_deg: float, frame_id: str = "") -> CameraModel:
+        """An undistorted camera with square pixels and the given horizontal field of view."""
+        fx = 0.5 * width / np.tan(np.radians(hfov_deg) / 2)
+        K = np.array([[fx, 0, (width - 1) / 2], [0, fx, (height - 1) / 2], [0, 0, 1]])
+        return cls(width, height, K, np.zeros(5), "plumb_bob", frame_id)
+
+    @property
+    def fx(self) -> float:
+        return float(self.K[0, 0])
+
+    @property
+    def fy(self) -> float:
+        return float(self.K[1, 1])
+
+    @property
+    def cx(self) -> float:
+        return float(self.K[0, 2])
+
+    @property
+    def cy(self) -> float:
+        return float(self.K[1, 2])
+
+    @property
+    def has_distortion(self) -> bool:
+        return bool(np.any(self.D != 0))
+
+    def resized(self, width: int, height: int) -> CameraModel:
+        """The same camera seen through an image scaled to width x height (pixel centres kept)."""
+        sx, sy = width / self.width, height / self.height
+        K = self.K.copy()
+        K[0, 0] *= sx
+        K[1, 1] *= sy
+        K[0, 1] *= sx
+        K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
+        K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+        return CameraModel(width, height, K, self.D, self.distortion_model, self.frame_id)
+
+    def distort(self, xn: np.ndarray, yn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Apply the distortion model to normalized image coordinates."""
+        if not self.has_distortion:
+            return xn, yn
+        d = np.zeros(8)
+        d[: min(8, self.D.size)] = self.D[:8]
+        k1, k2, p1, p2, k3, k4, k5, k6 = d
+        r2 = xn * xn + yn * yn
+        r4 = r2 * r2
+        r6 = r4 * r2
+        radial = 1 + k1 * r2 + k2 * r4 + k3 * r6
+        if self.distortion_model == "rational_polynomial":
+            radial = radial / (1 + k4 * r2 + k5 * r4 + k6 * r6)
+        xy = xn * yn
+        xd = xn * radial + 2 * p1 * xy + p2 * (r2 + 2 * xn * xn)
+        yd = yn * radial + p1 * (r2 + 2 * yn * yn) + 2 * p2 * xy
+        return xd, yd
+
+    def project(self, points_cam: np.ndarray, min_depth: float = 1e-3):
+        """Project [N, 3] points in the camera optical frame (z forward).
+
+        Returns (u, v, z, in_front): pixel coordinates (float, pixel centres at integers), depth
+        along the optical axis, and a mask of points in front of the camera. u, v of points behind
+        the camera are meaningless; callers mask them with `in_front`.
+        """
+        pts = np.asarray(points_cam)
+        z = pts[:, 2]
+        in_front = z > min_depth
+        safe_z = np.where(in_front, z, 1.0)
+        xn, yn = pts[:, 0] / safe_z, pts[:, 1] / safe_z
+        if self.has_distortion:
+            # Distortion polynomials diverge far outside the field of view; clamp first.
+            lim = 2.0
+            xn, yn = np.clip(xn, -lim, lim), np.clip(yn, -lim, lim)
+            xn, yn = self.distort(xn, yn)
+        u = self.K[0, 0] * xn + self.K[0, 1] * yn + self.K[0, 2]
+        v = self.K[1, 1] * yn + self.K[1, 2]
+        return u, v, z, in_front
+
+    def pixel_rays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Normalized (x/z, y/z) for every pixel, ignoring distortion: [H, W] each."""
+        u = np.arange(self.width, dtype=np.float64)
+        v = np.arange(self.height, dtype=np.float64)
+        xn = (u[None, :] - self.cx) / self.fx
+        yn = (v[:, None] - self.cy) / self.fy
+        return np.broadcast_to(xn, (self.height, self.width)), np.broadcast_to(yn, (self.height, self.width))
