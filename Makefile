@@ -18,6 +18,9 @@ $(VENV)/.installed: setup.py
 	$(PIP) install -q torch==2.13.0
 	$(PY) -c "import rclpy" 2>/dev/null || $(PIP) install -q $(ROS_WHEELS)
 	$(PIP) install -q -e ".[test]"
+	# TensorRT 10 API as .pyi files, to check the TensorRT backend against; --no-deps because the
+	# stubs depend on tensorrt itself, whose wheels need a vendor index.
+	$(PIP) install -q --no-deps tensorrt-stubs
 	touch $@
 
 lint: env

@@ -37,7 +37,6 @@ setup(
             "segment-anything",
             "onnxscript",
             "colcon-common-extensions",
-            "tensorrt-stubs",
         ],
     },
     zip_safe=True,
