@@ -29,6 +29,20 @@ HEALTH_STATES: tuple[str, ...] = ("ok", "missing", "stale", "frozen", "degraded"
 
 IGNORE_LABEL = 255
 
+NODE_NAME = "sam_mmseg"
+INPUT_TOPICS: dict[str, str] = {
+    "rgb": "~/input/rgb",
+    "camera_info": "~/input/camera_info",
+    "depth": "~/input/depth",
+    "event": "~/input/events",
+    "lidar": "~/input/lidar",
+}
+"""Node-relative input topics (remappable). Bags written by the package use the resolved names
+below, so a replay feeds a node started with defaults."""
+
+BAG_TOPICS: dict[str, str] = {k: f"/{NODE_NAME}/{v[2:]}" for k, v in INPUT_TOPICS.items()}
+GROUND_TRUTH_TOPIC = f"/{NODE_NAME}/ground_truth/labels"  # mono8 class ids, camera header
+
 
 class InputError(ValueError):
     """Sensor data that cannot be used (bad encoding, truncated buffer, size mismatch...).
