@@ -1,0 +1,327 @@
+"""rosbag2 files of synthetic or DELIVER sequences, written and read with `rosbags` (no ROS needed).
+
+Messages are standard types (sensor_msgs Image, CameraInfo, PointCloud2; tf2_msgs TFMessage) in
+CDR, so `ros2 bag play`, `sam-mmseg replay` and the node read them like a real recording. Numpy
+arrays go straight into the rosbags message dataclasses; nothing is copied per pixel or point.
+
+Event streams are PointCloud2 messages with x, y (uint16), polarity (int8, +-1) and t (uint32
+nanoseconds after the header stamp), the layout `ros.convert.pointcloud2_to_events` reads. The
+LiDAR extrinsic is one /tf_static message whose recorded QoS is transient-local, so players latch
+it for late subscribers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sam_mmseg_ros.contracts import BAG_TOPICS, GROUND_TRUTH_TOPIC, EventArray, PointCloud
+from sam_mmseg_ros.sensors.camera import CameraModel
+
+log = logging.getLogger(__name__)
+
+TF_STATIC_TOPIC = "/tf_static"
+STORAGES = ("mcap", "sqlite3")
+_POINTFIELD = {np.dtype(np.int8): 1, np.dtype(np.uint8): 2, np.dtype(np.int16): 3, np.dtype(np.uint16): 4,
+               np.dtype(np.int32): 5, np.dtype(np.uint32): 6, np.dtype(np.float32): 7, np.dtype(np.float64): 8}
+
+
+def typestore():
+    """The rosbags type store of the newest ROS 2 distribution it knows (kilted when present)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    names = [s for s in Stores if s.name.startswith("ROS2_")]
+    store = Stores.ROS2_KILTED if "ROS2_KILTED" in Stores.__members__ else names[-1]
+    return get_typestore(store)
+
+
+class _Messages:
+    """Builds rosbags message objects from numpy data."""
+
+    def __init__(self):
+        self.ts = typestore()
+        self.t = self.ts.types
+
+    def header(self, stamp_ns: int, frame_id: str):
+        sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
+        return self.t["std_msgs/msg/Header"](self.t["builtin_interfaces/msg/Time"](sec, nsec), frame_id)
+
+    def image(self, array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
+        array = np.ascontiguousarray(array)
+        height, width = array.shape[:2]
+        data = array.view(np.uint8).reshape(-1)
+        return self.t["sensor_msgs/msg/Image"](self.header(stamp_ns, frame_id), height, width, encoding,
+                                                int(array.dtype.byteorder == ">"), data.size // height, data)
+
+    def camera_info(self, camera: CameraModel, stamp_ns: int):
+        roi = self.t["sensor_msgs/msg/RegionOfInterest"](0, 0, 0, 0, False)
+        P = np.hstack([camera.K, np.zeros((3, 1))])
+        return self.t["sensor_msgs/msg/CameraInfo"](
+            self.header(stamp_ns, camera.frame_id), camera.height, camera.width, camera.distortion_model,
+            camera.D.astype(np.float64), camera.K.ravel().astype(np.float64), np.eye(3).ravel(),
+            P.ravel(), 0, 0, roi)
+
+    def pointcloud2(self, points: np.ndarray, stamp_ns: int, frame_id: str):
+        """A structured array -> unorganized PointCloud2 (field offsets from the dtype)."""
+        fields = [self.t["sensor_msgs/msg/PointField"](name, points.dtype.fields[name][1],
+                                                       _POINTFIELD[points.dtype.fields[name][0]], 1)
+                  for name in points.dtype.names]
+        data = points.view(np.uint8).reshape(-1) if points.size else np.zeros(0, np.uint8)
+        step = points.dtype.itemsize
+        return self.t["sensor_msgs/msg/PointCloud2"](self.header(stamp_ns, frame_id), 1, len(points), fields,
+                                                      False, step, step * len(points), data, True)
+
+    def lidar(self, cloud: PointCloud, stamp_ns: int):
+        dtype = np.dtype([("x", np.float32), ("y", np.float32), ("z", np.float32), ("intensity", np.float32)])
+        points = np.empty(len(cloud), dtype)
+        xyz = np.asarray(cloud.xyz, np.float32)
+        points["x"], points["y"], points["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+        points["intensity"] = 0.0 if cloud.intensity is None else cloud.intensity
+        return self.pointcloud2(points, stamp_ns, cloud.frame_id)
+
+    def events(self, events: EventArray, window_start_ns: int, frame_id: str):
+        """Events of (window_start, ...] with t as uint32 offsets from the header stamp."""
+        dtype = np.dtype({"names": ["x", "y", "polarity", "t"], "formats": [np.uint16, np.uint16, np.int8, np.uint32],
+                          "offsets": [0, 2, 4, 8], "itemsize": 12})
+        offsets = np.asarray(events.t_ns, np.int64) - window_start_ns
+        if len(events) and (offsets.min() < 0 or offsets.max() >= 2**32):
+            raise ValueError(f"event times span [{offsets.min()}, {offsets.max()}] ns after the window start; "
+                             "a message holds offsets in [0, 2^32) ns (about 4.3 s)")
+        points = np.zeros(len(events), dtype)
+        points["x"], points["y"] = events.x, events.y
+        points["polarity"] = np.where(events.polarity > 0, 1, -1)
+        points["t"] = offsets
+        return self.pointcloud2(points, window_start_ns, frame_id)
+
+    def tf_static(self, T_parent_child: np.ndarray, parent: str, child: str, stamp_ns: int):
+        t = self.t
+        q = _quaternion(np.asarray(T_parent_child)[:3, :3])
+        tx, ty, tz = (float(v) for v in np.asarray(T_parent_child)[:3, 3])
+        transform = t["geometry_msgs/msg/Transform"](t["geometry_msgs/msg/Vector3"](tx, ty, tz),
+                                                      t["geometry_msgs/msg/Quaternion"](*q))
+        stamped = t["geometry_msgs/msg/TransformStamped"](self.header(stamp_ns, parent), child, transform)
+        return t["tf2_msgs/msg/TFMessage"]([stamped])
+
+
+def _quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
+    """Rotation matrix -> (x, y, z, w), numerically stable branch by largest diagonal term."""
+    tr = np.trace(R)
+    if tr > 0:
+        s = 2.0 * np.sqrt(tr + 1.0)
+        q = ((R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s)
+    else:
+        i = int(np.argmax(np.diag(R)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + R[i, i] - R[j, j] - R[k, k])
+        v = np.zeros(3)
+        v[i] = 0.25 * s
+        v[j] = (R[j, i] + R[i, j]) / s
+        v[k] = (R[k, i] + R[i, k]) / s
+        q = (*v, (R[k, j] - R[j, k]) / s)
+    q = np.asarray(q, np.float64)
+    return tuple(float(v) for v in q / np.linalg.norm(q))
+
+
+def _latched_qos():
+    """QoS recorded for /tf_static: reliable, transient-local, keep-last 1 (as tf2's static broadcaster)."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    zero = QosTime(0, 0)
+    return Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, zero, zero,
+               QosLiveliness.AUTOMATIC, zero, False)
+
+
+def frame_messages(frame, builder: _Messages, topics: dict[str, str], previous_stamp_ns: int | None):
+    """(topic, msgtype, message) of one frame: a SyntheticFrame, or a DELIVER dict with `stamp_ns`."""
+    if isinstance(frame, dict):
+        return _deliver_messages(frame, builder, topics)
+    stamp, cam = frame.stamp_ns, frame.camera
+    window_start = previous_stamp_ns if previous_stamp_ns is not None else (
+        int(frame.events.t_ns.min()) - 1 if len(frame.events) else stamp)
+    return [
+        (topics["camera_info"], "sensor_msgs/msg/CameraInfo", builder.camera_info(cam, stamp)),
+        (topics["rgb"], "sensor_msgs/msg/Image", builder.image(frame.rgb, "rgb8", stamp, cam.frame_id)),
+        (topics["depth"], "sensor_msgs/msg/Image", builder.image(frame.depth, "32FC1", stamp, cam.frame_id)),
+        (topics["event"], "sensor_msgs/msg/PointCloud2", builder.events(frame.events, window_start, cam.frame_id)),
+        (topics["lidar"], "sensor_msgs/msg/PointCloud2", builder.lidar(frame.lidar, stamp)),
+        (GROUND_TRUTH_TOPIC, "sensor_msgs/msg/Image", builder.image(frame.labels, "mono8", stamp, cam.frame_id)),
+    ]
+
+
+def _deliver_messages(frame: dict, builder: _Messages, topics: dict[str, str]):
+    """DELIVER stores every modality as an image aligned with the RGB camera (HHA depth, event
+    and LiDAR renderings), so they are published as rgb8 Images; there are no raw clouds."""
+    stamp = frame["stamp_ns"]
+    camera: CameraModel = frame["camera"]
+    fid = camera.frame_id
+    return [
+        (topics["camera_info"], "sensor_msgs/msg/CameraInfo", builder.camera_info(camera, stamp)),
+        (topics["rgb"], "sensor_msgs/msg/Image", builder.image(frame["rgb"], "rgb8", stamp, fid)),
+        (topics["depth"], "sensor_msgs/msg/Image", builder.image(frame["hha"], "rgb8", stamp, fid)),
+        (topics["event"], "sensor_msgs/msg/Image", builder.image(frame["event"], "rgb8", stamp, fid)),
+        (topics["lidar"], "sensor_msgs/msg/Image", builder.image(frame["lidar"], "rgb8", stamp, fid)),
+        (GROUND_TRUTH_TOPIC, "sensor_msgs/msg/Image", builder.image(frame["label"], "mono8", stamp, fid)),
+    ]
+
+
+def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
+              topics: dict[str, str] = BAG_TOPICS) -> int:
+    """Write frames (SyntheticFrame, or DELIVER dicts with stamp_ns and camera) to a new rosbag2
+    directory; returns the number of messages. A SyntheticFrame also puts its LiDAR extrinsic on
+    /tf_static once (camera_optical_frame -> lidar)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got '{storage}'")
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    builder = _Messages()
+    connections: dict[str, object] = {}
+    count = 0
+    previous: int | None = None
+    with Writer(Path(path), version=9, storage_plugin=plugin) as writer:
+
+        def write(topic: str, msgtype: str, msg, stamp: int, qos=()):
+            if topic not in connections:
+                connections[topic] = writer.add_connection(topic, msgtype, typestore=builder.ts,
+                                                           offered_qos_profiles=qos)
+            writer.write(connections[topic], stamp, builder.ts.serialize_cdr(msg, msgtype))
+
+        for frame in frames:
+            is_synthetic = not isinstance(frame, dict)
+            stamp = frame.stamp_ns if is_synthetic else frame["stamp_ns"]
+            if is_synthetic and TF_STATIC_TOPIC not in connections:
+                tf = builder.tf_static(frame.T_camera_lidar, frame.camera.frame_id, frame.lidar.frame_id, stamp)
+                write(TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", tf, stamp, [_latched_qos()])
+                count += 1
+            for topic, msgtype, msg in frame_messages(frame, builder, topics, previous):
+                write(topic, msgtype, msg, stamp)
+                count += 1
+            previous = stamp
+    return count
+
+
+def read_raw(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, int, str, bytes]]:
+    """(topic, record time ns, msgtype, CDR bytes) in time order; mcap or sqlite3 alike."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(Path(path)) as reader:
+        conns = [c for c in reader.connections if topics is None or c.topic in topics]
+        for conn, stamp, raw in reader.messages(connections=conns):
+            yield conn.topic, int(stamp), conn.msgtype, bytes(raw)
+
+
+def read_bag(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, int, str, object]]:
+    """(topic, record time ns, msgtype, deserialized rosbags message) in time order."""
+    ts = typestore()
+    for topic, stamp, msgtype, raw in read_raw(path, topics):
+        yield topic, stamp, msgtype, ts.deserialize_cdr(raw, msgtype)
+
+
+def bag_topics(path: str | Path) -> dict[str, tuple[str, list]]:
+    """topic -> (msgtype, offered QoS profiles recorded in the metadata)."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(Path(path)) as reader:
+        return {c.topic: (c.msgtype, list(getattr(c.ext, "offered_qos_profiles", []) or []))
+                for c in reader.connections}
+
+
+# ------------------------------------------------------------------------------- sam-mmseg make-bag
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 640x480, got '{text}'") from None
+    return w, h
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from sam_mmseg_ros.data.synthetic import CONDITIONS, FAILURES
+
+    parser.description = (
+        "Write a rosbag2 of synthetic driving scenes (RGB, camera info, 32FC1 depth, events as "
+        "PointCloud2, LiDAR PointCloud2, ground-truth labels, LiDAR extrinsic on /tf_static), or "
+        "convert a DELIVER folder (--deliver). DELIVER holds only images, so its depth (HHA), event and "
+        "LiDAR renderings are published as rgb8 Images on those topics, with no raw clouds or /tf_static.")
+    parser.add_argument("out", help="output bag directory (must not exist)")
+    parser.add_argument("--frames", type=int, default=20, help="frames per condition (synthetic), or at most "
+                        "this many frames in total (DELIVER; 0 = all)")
+    parser.add_argument("--size", type=_size, default=(640, 480), help="synthetic image size WxH")
+    parser.add_argument("--event-size", type=_size, default=None, help="event sensor WxH (default: --size)")
+    parser.add_argument("--conditions", type=_names, default=None,
+                        help=f"comma-separated ({','.join(CONDITIONS)}); synthetic: one sequence each, "
+                             "default sun; DELIVER: which conditions to take, default all")
+    parser.add_argument("--failures", type=_names, default=(), help=f"comma-separated ({','.join(FAILURES)})")
+    parser.add_argument("--lidar-beams", type=int, choices=(32, 64), default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--storage", choices=STORAGES, default="mcap")
+    parser.add_argument("--deliver", metavar="DIR", help="convert this DELIVER folder instead of generating")
+    parser.add_argument("--split", default="val", help="DELIVER split")
+
+
+def _synthetic_frames(args) -> tuple[Iterator, int]:
+    from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
+
+    width, height = args.size
+    event_w, event_h = args.event_size or args.size
+    period_ns = int(round(1e9 / args.fps))
+
+    conditions = args.conditions or ("sun",)
+    # Built (and so validated) before the bag is created; the sequences follow each other in time.
+    configs = [SequenceConfig(width=width, height=height, fps=args.fps, num_frames=args.frames,
+                              condition=condition, failures=args.failures, lidar_beams=args.lidar_beams,
+                              event_width=event_w, event_height=event_h, seed=args.seed + i,
+                              start_ns=SequenceConfig.start_ns + i * args.frames * period_ns)
+               for i, condition in enumerate(conditions)]
+    frames = (frame for config in configs for frame in generate_sequence(config))
+    return frames, args.frames * len(configs)
+
+
+def _deliver_frames(args) -> tuple[Iterator, int]:
+    from sam_mmseg_ros.data.deliver import find_deliver_frames, iter_deliver_frames
+    from sam_mmseg_ros.data.synthetic import CAMERA_FRAME, SequenceConfig
+
+    conditions = args.conditions
+    total = len(find_deliver_frames(args.deliver, args.split, conditions))
+    if args.frames:
+        total = min(total, args.frames)
+    period_ns = int(round(1e9 / args.fps))
+
+    def frames():
+        for k, frame in enumerate(iter_deliver_frames(args.deliver, args.split, conditions)):
+            if k >= total:
+                return
+            h, w = frame["rgb"].shape[:2]
+            # DELIVER's CARLA cameras have a 90 degree horizontal field of view.
+            frame["camera"] = CameraModel.from_fov(w, h, 90.0, CAMERA_FRAME)
+            frame["stamp_ns"] = SequenceConfig.start_ns + k * period_ns
+            yield frame
+
+    return frames(), total
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    if Path(args.out).exists():
+        log.error("%s exists; choose a new bag directory", args.out)
+        return 1
+    try:
+        frames, total = _deliver_frames(args) if args.deliver else _synthetic_frames(args)
+        count = write_bag(tqdm(frames, total=total, unit="frame", desc="make-bag"), args.out, args.storage)
+    except (ValueError, FileNotFoundError) as exc:  # bad condition/failure names, not a DELIVER folder
+        log.error("make-bag: %s", exc)
+        return 2
+    log.info("wrote %d messages to %s (%s)", count, args.out, args.storage)
+    return 0

@@ -1,0 +1,174 @@
+"""`sam-mmseg replay BAG`: publish a rosbag2 over DDS with its timing, for machines without `ros2 bag`.
+
+Messages go out as the raw CDR bytes stored in the bag (rclpy's `Publisher.publish` accepts
+serialized `bytes`), so nothing is deserialized or converted on the way. Publishers take their
+types from the bag's topic list; /tf_static (and any topic recorded as transient-local) is
+published latched so a node started later still gets the LiDAR extrinsic. /clock carries the bag
+time while playing, for nodes run with use_sim_time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, bag_topics, read_raw
+
+log = logging.getLogger(__name__)
+
+
+def message_class(msgtype: str):
+    """'sensor_msgs/msg/Image' -> the rclpy message class (ImportError when not installed).
+
+    The same lookup as rosidl_runtime_py's get_message, which is not always installed."""
+    package, kind, name = msgtype.split("/")
+    try:
+        return getattr(importlib.import_module(f"{package}.{kind}"), name)
+    except AttributeError as exc:
+        raise ImportError(f"{package}.{kind} has no {name}") from exc
+
+
+def _qos(topic: str, recorded: list, reliable: bool):
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+    latched = topic == TF_STATIC_TOPIC or any(getattr(q.durability, "name", "") == "TRANSIENT_LOCAL"
+                                              for q in recorded)
+    if latched:
+        return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    if reliable:  # a reliable publisher serves reliable and best-effort subscribers alike
+        return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    return qos_profile_sensor_data
+
+
+def _sleep_until(deadline: float, tick, clock_period: float | None, stop_event: threading.Event):
+    """Sleep until the monotonic `deadline`, calling `tick()` every clock period meanwhile."""
+    while not stop_event.is_set():
+        now = time.monotonic()
+        if now >= deadline:
+            return
+        if clock_period is None:
+            stop_event.wait(deadline - now)
+            continue
+        tick()
+        stop_event.wait(min(clock_period, deadline - now))
+
+
+def replay_bag(path: str | Path, rate: float = 1.0, loop: bool = False, clock: bool = True, node=None,
+               stop_event: threading.Event | None = None, topics: list[str] | None = None,
+               reliable: bool = True, clock_hz: float = 100.0, discovery_wait_s: float = 1.0) -> int:
+    """Publish the bag's messages with their recorded spacing divided by `rate`; returns how many.
+
+    Without `node` a private rclpy context and node are created (the Fast DDS large-data profile
+    is put into the environment first, since it is read when the participant is created) and
+    destroyed at the end. Before playing, waits up to `discovery_wait_s` for every topic to have a
+    subscriber, so the first messages are not lost to discovery.
+    """
+    if rate <= 0:
+        raise ValueError("rate must be > 0")
+    stop_event = stop_event or threading.Event()
+    context = None
+    if node is None:
+        import rclpy
+
+        from sam_mmseg_ros.ros.dds import dds_environment
+
+        os.environ.update(dds_environment())
+        context = rclpy.Context()
+        rclpy.init(context=context)
+        node = rclpy.create_node("sam_mmseg_replay", context=context)
+    try:
+        return _play(node, Path(path), rate, loop, clock, stop_event, topics, reliable, clock_hz,
+                     discovery_wait_s)
+    finally:
+        if context is not None:
+            node.destroy_node()
+            context.try_shutdown()
+
+
+def _play(node, path, rate, loop, clock, stop_event, topics, reliable, clock_hz, discovery_wait_s) -> int:
+    publishers = {}
+    for topic, (msgtype, recorded) in bag_topics(path).items():
+        if topics and topic not in topics:
+            continue
+        try:
+            cls = message_class(msgtype)
+        except ImportError as exc:
+            log.warning("skipping %s: message type %s is not installed (%s)", topic, msgtype, exc)
+            continue
+        publishers[topic] = node.create_publisher(cls, topic, _qos(topic, recorded, reliable))
+    if not publishers:
+        raise ValueError(f"nothing to replay from {path} (topics: {topics or 'all'})")
+
+    tick = None
+    clock_period = None
+    if clock:
+        from builtin_interfaces.msg import Time
+        from rclpy.qos import QoSProfile
+        from rosgraph_msgs.msg import Clock
+
+        clock_pub = node.create_publisher(Clock, "/clock", QoSProfile(depth=10))
+        clock_period = 1.0 / clock_hz
+    deadline = time.monotonic() + discovery_wait_s
+    while time.monotonic() < deadline and not stop_event.is_set():
+        if all(p.get_subscription_count() for p in publishers.values()):
+            break
+        time.sleep(0.02)
+
+    count = 0
+    while not stop_event.is_set():
+        wall_start = bag_start = None
+        for topic, stamp, _, raw in read_raw(path, list(publishers)):
+            if bag_start is None:
+                wall_start, bag_start = time.monotonic(), stamp
+            if clock:
+                def tick(wall_start=wall_start, bag_start=bag_start):
+                    bag_now = bag_start + int((time.monotonic() - wall_start) * rate * 1e9)
+                    clock_pub.publish(Clock(clock=Time(sec=bag_now // 10**9, nanosec=bag_now % 10**9)))
+
+            _sleep_until(wall_start + (stamp - bag_start) / rate / 1e9, tick, clock_period, stop_event)
+            if stop_event.is_set():
+                break
+            publishers[topic].publish(raw)
+            count += 1
+        if not loop or bag_start is None:
+            break
+    return count
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Publish a rosbag2 (mcap or sqlite3) over DDS with its original timing, "
+                          "latched /tf_static and /clock; no `ros2 bag` needed.")
+    parser.add_argument("bag", help="rosbag2 directory")
+    parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    parser.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
+    parser.add_argument("--clock", action=argparse.BooleanOptionalAction, default=True,
+                        help="publish /clock (bag time) while playing")
+    parser.add_argument("--clock-hz", type=float, default=100.0)
+    parser.add_argument("--start-paused", action="store_true", help="wait for Enter before playing")
+    parser.add_argument("--topics", nargs="+", help="only these topics")
+    parser.add_argument("--best-effort", action="store_true",
+                        help="sensor-data QoS (best effort) instead of reliable publishers")
+    parser.add_argument("--discovery-wait", type=float, default=1.0,
+                        help="seconds to wait for subscribers before playing")
+
+
+def run(args) -> int:
+    if args.start_paused:
+        input("press Enter to start playing ")
+    stop = threading.Event()
+    try:
+        count = replay_bag(args.bag, rate=args.rate, loop=args.loop, clock=args.clock, stop_event=stop,
+                           topics=args.topics, reliable=not args.best_effort, clock_hz=args.clock_hz,
+                           discovery_wait_s=args.discovery_wait)
+    except KeyboardInterrupt:
+        stop.set()
+        log.info("stopped")
+        return 0
+    log.info("published %d messages from %s", count, args.bag)
+    return 0

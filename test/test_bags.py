@@ -1,0 +1,193 @@
+"""rosbag2 writing/reading (mcap and sqlite3), make-bag CLI, DELIVER conversion, DDS replay."""
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from sam_mmseg_ros.cli import main as cli_main
+from sam_mmseg_ros.contracts import BAG_TOPICS, GROUND_TRUTH_TOPIC
+from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, bag_topics, read_bag, read_raw, write_bag
+from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
+from sam_mmseg_ros.ros.convert import (
+    camera_info_to_model,
+    image_to_numpy,
+    pointcloud2_to_cloud,
+    pointcloud2_to_events,
+)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    config = SequenceConfig(width=64, height=48, num_frames=3, lidar_columns=256, event_width=32,
+                            event_height=24, seed=5)
+    return list(generate_sequence(config))
+
+
+def quaternion_matrix(x, y, z, w):
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_round_trip_equals_frames(tmp_path, frames, storage):
+    bag = tmp_path / "bag"
+    count = write_bag(frames, bag, storage)
+    assert count == 1 + 6 * len(frames)
+    assert (bag / "metadata.yaml").is_file()
+    messages = list(read_bag(bag))
+    assert len(messages) == count
+    by_topic: dict[str, list] = {}
+    for topic, stamp, msgtype, msg in messages:
+        by_topic.setdefault(topic, []).append((stamp, msgtype, msg))
+
+    (_, msgtype, tf), = by_topic[TF_STATIC_TOPIC]
+    transform = tf.transforms[0]
+    assert (transform.header.frame_id, transform.child_frame_id) == ("camera_optical_frame", "lidar")
+    q = transform.transform.rotation
+    T = frames[0].T_camera_lidar
+    assert np.allclose(quaternion_matrix(q.x, q.y, q.z, q.w), T[:3, :3], atol=1e-9)
+    t = transform.transform.translation
+    assert np.allclose([t.x, t.y, t.z], T[:3, 3])
+    qos = bag_topics(bag)[TF_STATIC_TOPIC][1]
+    assert qos and qos[0].durability.name == "TRANSIENT_LOCAL"
+
+    for i, frame in enumerate(frames):
+        rgb = by_topic[BAG_TOPICS["rgb"]][i]
+        assert rgb[0] == frame.stamp_ns
+        assert np.array_equal(image_to_numpy(rgb[2]).array, frame.rgb)
+        depth = image_to_numpy(by_topic[BAG_TOPICS["depth"]][i][2])
+        assert depth.encoding == "32FC1" and np.array_equal(depth.array, frame.depth)
+        labels = image_to_numpy(by_topic[GROUND_TRUTH_TOPIC][i][2])
+        assert labels.encoding == "mono8" and np.array_equal(labels.array, frame.labels)
+        camera = camera_info_to_model(by_topic[BAG_TOPICS["camera_info"]][i][2])
+        assert np.array_equal(camera.K, frame.camera.K) and camera.frame_id == frame.camera.frame_id
+        cloud = pointcloud2_to_cloud(by_topic[BAG_TOPICS["lidar"]][i][2])
+        assert cloud.frame_id == "lidar"
+        assert np.array_equal(cloud.xyz, frame.lidar.xyz)
+        assert np.array_equal(cloud.intensity, frame.lidar.intensity)
+        events = pointcloud2_to_events(by_topic[BAG_TOPICS["event"]][i][2], 32, 24)
+        for name in ("x", "y", "t_ns", "polarity"):
+            assert np.array_equal(getattr(events, name), getattr(frame.events, name)), name
+
+    raw = list(read_raw(bag, topics=[BAG_TOPICS["rgb"]]))
+    assert len(raw) == len(frames) and all(isinstance(r[3], bytes) for r in raw)
+
+
+def test_bad_storage_is_rejected(tmp_path, frames):
+    with pytest.raises(ValueError, match="storage"):
+        write_bag(frames, tmp_path / "bag", "rosbag1")
+
+
+def test_make_bag_cli(tmp_path):
+    out = tmp_path / "cli_bag"
+    rc = cli_main(["make-bag", str(out), "--frames", "2", "--size", "48x32", "--conditions", "sun,night",
+                   "--failures", "low_res_events", "--storage", "sqlite3"])
+    assert rc == 0
+    messages = list(read_bag(out))
+    assert len(messages) == 1 + 2 * 2 * 6
+    stamps = [s for topic, s, _, _ in messages if topic == BAG_TOPICS["rgb"]]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 4  # the two sequences follow each other
+    assert cli_main(["make-bag", str(out), "--frames", "1"]) == 1  # never overwrites
+
+
+def test_make_bag_from_deliver(tmp_path):
+    from sam_mmseg_ros.data.deliver import write_deliver_fixture
+
+    root = write_deliver_fixture(tmp_path / "DELIVER", frames_per_condition=1, size=(32, 48), splits=("val",),
+                                 conditions=("fog", "night", "sun"))
+    out = tmp_path / "deliver_bag"
+    assert cli_main(["make-bag", str(out), "--deliver", str(root), "--split", "val",
+                     "--conditions", "fog,night"]) == 0
+    messages = list(read_bag(out))
+    assert len(messages) == 2 * 6
+    topics = {topic: msgtype for topic, _, msgtype, _ in messages}
+    assert topics[BAG_TOPICS["lidar"]] == "sensor_msgs/msg/Image"  # DELIVER has only renderings
+    label = next(image_to_numpy(m).array for t, _, _, m in messages if t == GROUND_TRUTH_TOPIC)
+    assert label.shape == (32, 48) and label.dtype == np.uint8
+
+
+SUBSCRIBER = textwrap.dedent("""
+    import sys, time
+    import rclpy
+    from rclpy.qos import QoSProfile, DurabilityPolicy, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image, PointCloud2
+    rclpy.init()
+    node = rclpy.create_node("replay_probe")
+    got = {"rgb": [], "lidar": 0, "clock": []}
+    node.create_subscription(Image, "/sam_mmseg/input/rgb",
+                             lambda m: got["rgb"].append(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec), 10)
+    node.create_subscription(PointCloud2, "/sam_mmseg/input/lidar",
+                             lambda m: got.__setitem__("lidar", got["lidar"] + 1), 10)
+    node.create_subscription(Clock, "/clock",
+                             lambda m: got["clock"].append(m.clock.sec * 10**9 + m.clock.nanosec), 10)
+    print("ready", flush=True)
+    deadline = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < deadline and min(len(got["rgb"]), got["lidar"]) < int(sys.argv[2]):
+        rclpy.spin_once(node, timeout_sec=0.05)
+    print(len(got["rgb"]), got["lidar"], len(got["clock"]), min(got["clock"] or [0]), max(got["clock"] or [0]),
+          ",".join(map(str, got["rgb"])), flush=True)
+""")
+
+
+@pytest.mark.ros
+def test_replay_over_dds(tmp_path, frames):
+    from sam_mmseg_ros.ros.dds import dds_environment
+    from sam_mmseg_ros.ros.replay import replay_bag
+
+    bag = tmp_path / "bag"
+    write_bag(frames, bag, "mcap")
+    domain = str(100 + random.randrange(100))
+    env = dds_environment({**os.environ, "ROS_DOMAIN_ID": domain})
+    probe = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, "20", str(len(frames))], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert probe.stdout.readline().strip() == "ready"
+        os.environ["ROS_DOMAIN_ID"] = domain
+        # waits (up to 10 s) until the probe's subscriptions are discovered, then plays
+        published = replay_bag(bag, rate=1.0, clock=True, discovery_wait_s=10.0,
+                               topics=[BAG_TOPICS["rgb"], BAG_TOPICS["lidar"]])
+        out, _ = probe.communicate(timeout=30)
+    finally:
+        os.environ.pop("ROS_DOMAIN_ID", None)
+        probe.kill()
+    assert published == 2 * len(frames)
+    n_rgb, n_lidar, n_clock, clock_min, clock_max, stamps = out.split()
+    assert int(n_rgb) == len(frames) and int(n_lidar) == len(frames)
+    assert [int(s) for s in stamps.split(",")] == [f.stamp_ns for f in frames]
+    assert int(n_clock) >= 5  # 100 Hz while 0.2 s of bag time plays
+    assert frames[0].stamp_ns <= int(clock_min) and int(clock_max) <= frames[-1].stamp_ns
+
+
+@pytest.mark.ros
+def test_replay_timing_loop_and_latched_qos(tmp_path, frames, monkeypatch):
+    import threading
+    import time
+
+    from rclpy.qos import DurabilityPolicy
+
+    from sam_mmseg_ros.ros.replay import _qos, message_class, replay_bag
+
+    assert _qos(TF_STATIC_TOPIC, [], reliable=True).durability == DurabilityPolicy.TRANSIENT_LOCAL
+    assert _qos(BAG_TOPICS["rgb"], [], reliable=True).durability != DurabilityPolicy.TRANSIENT_LOCAL
+    with pytest.raises(ImportError):
+        message_class("sensor_msgs/msg/NoSuchMessage")
+
+    bag = tmp_path / "bag"
+    write_bag(frames, bag, "sqlite3")
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + random.randrange(100)))
+    rgb_only = [BAG_TOPICS["rgb"]]
+    start = time.monotonic()
+    assert replay_bag(bag, rate=0.5, clock=False, topics=rgb_only, discovery_wait_s=0) == len(frames)
+    assert time.monotonic() - start >= 0.2 * 2 * 0.99  # 0.2 s of bag time at half speed
+
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    count = replay_bag(bag, rate=4.0, loop=True, topics=rgb_only, stop_event=stop, discovery_wait_s=0)
+    assert stop.is_set() and count > 2 * len(frames)  # went round more than twice, then stopped
