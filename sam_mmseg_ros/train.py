@@ -1,0 +1,568 @@
+"""`sam-mmseg train`: train the MoE-LoRA experts, router and heads (DESIGN.md §4).
+
+One loop for one process or many: started with `torchrun --nproc_per_node N`, every process
+trains on its shard (DistributedSampler) under DistributedDataParallel (nccl on CUDA, gloo on
+the CPU); rank 0 alone writes checkpoints, the metrics log and the progress bar.
+
+A run is reproducible and resumable: the data order comes from (seed, epoch), the modality
+dropout draws from (seed, rank, step), and checkpoints carry the optimizer, LR schedule, AMP
+scaler, step and per-rank RNG states, so a resumed run takes the same next step an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm import tqdm
+
+from sam_mmseg_ros.contracts import IGNORE_LABEL, MODALITY_INDEX
+from sam_mmseg_ros.data.dataset import modality_dropout
+from sam_mmseg_ros.model.losses import SegmentationLoss
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.pt"
+FINAL_CHECKPOINT = "model.pt"
+METRICS_LOG = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in every checkpoint (plain types only)."""
+
+    model: str = "tiny"
+    img_size: int = 256
+    num_classes: int = 25
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"depth": 2}
+    sam_checkpoint: str | None = None  # official SAM weights for the encoder
+    init_checkpoint: str | None = None  # start from our checkpoint's weights (a previous stage)
+    steps: int = 2000
+    batch_size: int = 8  # per process
+    lr: float = 6e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    warmup_start: float = 0.1  # LR factor at step 0, rising linearly to 1 over warmup_steps
+    poly_power: float = 0.9
+    grad_clip: float = 1.0  # max gradient L2 norm; 0 disables
+    amp: str = "auto"  # CUDA only: auto (bf16 where supported, else fp16) | bf16 | fp16 | off
+    modality_dropout: float = 0.0
+    rgb_only: bool = False  # feed only the RGB slot (encoder pretraining)
+    train_encoder: bool = False  # False: SAM encoder frozen, only experts, router and heads train
+    train_experts: bool = True  # False keeps the LoRA experts at their init (encoder pretraining)
+    aux_weight: float = 0.4
+    ohem_thresh: float = 0.7
+    checkpoint_every: int = 500
+    log_every: int = 10
+    out_dir: str = "train_output"
+    resume: str | None = None  # checkpoint to continue from (same out_dir layout)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun picks cuda:LOCAL_RANK)
+    seed: int = 0
+    num_workers: int = 0
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {unknown}")
+        return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed setup
+
+
+@dataclass
+class _Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+    owns_process_group: bool
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but CUDA is not available")
+    return device
+
+
+def _start_runtime(requested_device: str) -> _Runtime:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_*), or the
+    one the caller already initialised; a plain process is a world of one."""
+    device = _pick_device(requested_device)
+    owns = False
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        owns = True
+    if dist.is_initialized():
+        return _Runtime(dist.get_rank(), dist.get_world_size(), device, owns)
+    return _Runtime(0, 1, device, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of the loop
+
+
+class _LogitsForward(nn.Module):
+    """DDP wraps `forward`; training needs `forward_logits` (the model's `forward` is the
+    inference contract), so this adapter makes it the wrapped call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, modality_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.forward_logits(images, modality_mask)
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warmup from `warmup_start`, then poly decay to 0 at `steps` (as CMNeXt/mmseg)."""
+    if step < config.warmup_steps:
+        return config.warmup_start + (1.0 - config.warmup_start) * step / config.warmup_steps
+    decay_steps = max(1, config.steps - config.warmup_steps)
+    return max(0.0, 1.0 - (step - config.warmup_steps) / decay_steps) ** config.poly_power
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or config.amp == "off":
+        return None
+    if config.amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
+
+
+def _step_generator(config: TrainConfig, rank: int, step: int) -> torch.Generator:
+    """Modality-dropout draws as a pure function of (seed, rank, step): resume-exact, and
+    different per rank so shards do not drop the same sensors in lockstep."""
+    return torch.Generator().manual_seed(((config.seed * 1_000_003 + rank) * 1_000_033 + step) % (2**63))
+
+
+def _batches(dataset: Dataset, config: TrainConfig, runtime: _Runtime, start_step: int) -> Iterator[dict]:
+    """Endless batches; epoch e is the DistributedSampler order for (seed, e), and a resumed run
+    skips the batches of its epoch already trained on without loading them."""
+    sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank,
+                                 shuffle=True, seed=config.seed, drop_last=True)
+    per_epoch = len(sampler) // config.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"dataset of {len(dataset)} samples is smaller than one batch "
+                         f"({config.batch_size} per process x {runtime.world_size} processes)")
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        sampler.set_epoch(epoch)
+        indices = list(sampler)[skip * config.batch_size:]
+        yield from DataLoader(dataset, batch_size=config.batch_size, sampler=indices, drop_last=True,
+                              num_workers=config.num_workers, pin_memory=runtime.device.type == "cuda")
+        epoch, skip = epoch + 1, 0
+
+
+def _prepare_batch(batch: dict, config: TrainConfig, runtime: _Runtime, step: int):
+    images, mask = batch["images"], batch["modality_mask"]
+    if config.rgb_only:
+        mask = torch.zeros_like(mask)
+        mask[:, MODALITY_INDEX["rgb"]] = 1.0
+    elif config.modality_dropout > 0:
+        mask = modality_dropout(mask, _step_generator(config, runtime.rank, step), config.modality_dropout)
+    images = images * mask[:, :, None, None, None]
+    device = runtime.device
+    return (images.to(device, non_blocking=True), mask.to(device, non_blocking=True),
+            batch["label"].to(device, non_blocking=True))
+
+
+def _build_or_load(config: TrainConfig) -> tuple[nn.Module, dict]:
+    """The model to train and, when resuming, the checkpoint's extra state."""
+    from sam_mmseg_ros.model import build_model
+    from sam_mmseg_ros.model.checkpoint import load_checkpoint, load_sam_weights
+
+    if config.resume:
+        return load_checkpoint(config.resume, map_location="cpu")
+    if config.init_checkpoint:
+        model, _ = load_checkpoint(config.init_checkpoint, map_location="cpu")
+        return model, {}
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    model = build_model(config.model, img_size=config.img_size, num_classes=config.num_classes,
+                        **config.model_overrides)
+    if config.sam_checkpoint:
+        load_sam_weights(model, config.sam_checkpoint)
+    return model, {}
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and other 1-D parameters (standard for ViTs)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter requires grad")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+
+
+def _gather_rng_states(runtime: _Runtime) -> dict:
+    """Every rank's torch RNG state (rank 0 writes them all into the checkpoint)."""
+    state = {"cpu": torch.get_rng_state()}
+    if runtime.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(runtime.device)
+    if not runtime.distributed:
+        return {"per_rank": [state]}
+    gathered: list = [None] * runtime.world_size
+    dist.all_gather_object(gathered, state)
+    return {"per_rank": gathered}
+
+
+def _restore_rng_states(rng: dict, runtime: _Runtime) -> None:
+    states = rng.get("per_rank", [])
+    if len(states) != runtime.world_size:
+        log.warning("checkpoint was written by %d processes, this run has %d: RNG states not restored",
+                    len(states), runtime.world_size)
+        return
+    torch.set_rng_state(states[runtime.rank]["cpu"])
+    if runtime.device.type == "cuda" and "cuda" in states[runtime.rank]:
+        torch.cuda.set_rng_state(states[runtime.rank]["cuda"], runtime.device)
+
+
+def _save(path: Path, model: nn.Module, config: TrainConfig, step: int, optimizer, scheduler, scaler,
+          rng: dict) -> None:
+    """Atomic write: a crash mid-save leaves the previous checkpoint intact."""
+    from sam_mmseg_ros.model.checkpoint import save_checkpoint
+
+    tmp = path.with_suffix(".tmp")
+    save_checkpoint(tmp, model, train_config=config.to_dict(), step=step, optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def confusion_matrix(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 4,
+                     amp_dtype: torch.dtype | None = None):
+    """Accumulated `eval.metrics.ConfusionMatrix` of `model` on `dataset`, with every modality
+    the dataset provides."""
+    from sam_mmseg_ros.eval.metrics import ConfusionMatrix
+
+    was_training = model.training
+    model.eval()
+    matrix = ConfusionMatrix(model.config.num_classes, ignore_index=IGNORE_LABEL)
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model.forward_logits(batch["images"].to(device), batch["modality_mask"].to(device))["logits"]
+        matrix.update(logits.argmax(dim=1).cpu().numpy(), batch["label"].numpy())
+    model.train(was_training)
+    return matrix
+
+
+def evaluate_miou(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 4,
+                  amp_dtype: torch.dtype | None = None) -> dict:
+    """{"miou", "pixel_accuracy"} of `model` on `dataset`."""
+    matrix = confusion_matrix(model, dataset, device, batch_size, amp_dtype)
+    return {"miou": float(matrix.miou()), "pixel_accuracy": float(matrix.pixel_accuracy())}
+
+
+def _validate(model: nn.Module, dataset: Dataset, config: TrainConfig, runtime: _Runtime,
+              amp_dtype: torch.dtype | None) -> float:
+    """Validation mIoU; under DDP every rank scores its share of the frames and rank 0 merges."""
+    shard = Subset(dataset, range(runtime.rank, len(dataset), runtime.world_size))
+    matrix = confusion_matrix(model, shard, runtime.device, config.batch_size, amp_dtype)
+    if runtime.distributed:
+        matrices: list = [None] * runtime.world_size
+        dist.all_gather_object(matrices, matrix)
+        for other in matrices[1:]:
+            matrices[0].merge(other)
+        matrix = matrices[0]
+    return float(matrix.miou())
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None = None) -> dict:
+    """Train per `config` and return {"step", "losses" (this process's, one per step run),
+    "model" (trained, unwrapped), "checkpoint" (final, rank 0), "val_miou" (rank 0, when
+    val_dataset is given)}."""
+    runtime = _start_runtime(config.device)
+    try:
+        return _train(config, dataset, val_dataset, runtime)
+    finally:
+        if runtime.owns_process_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, runtime: _Runtime) -> dict:
+    out_dir = Path(config.out_dir)
+    if runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    model, state = _build_or_load(config)
+    model.set_encoder_trainable(config.train_encoder)
+    for p in model.image_encoder.lora_parameters():
+        p.requires_grad_(config.train_experts)
+    model.to(runtime.device).train()
+    if runtime.is_main:
+        trainable, total = model.parameter_counts()
+        log.info("training %s (%d of %d parameters) on %s x%d from step %d", model.config.name, trainable,
+                 total, runtime.device, runtime.world_size, int(state.get("step", 0)))
+    optimizer = _optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    amp_dtype = _amp_dtype(config, runtime.device)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=amp_dtype == torch.float16)
+    start_step = 0
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _restore_rng_states(state["rng"], runtime)
+        start_step = int(state["step"])
+        log.info("resumed from %s at step %d", config.resume, start_step)
+    wrapped: nn.Module = _LogitsForward(model)
+    if runtime.distributed:
+        # Every trainable parameter takes part in every step, even with modalities dropped: the
+        # experts are stacked per modality in one tensor and absent slots are masked, not
+        # skipped; so DDP need not search the graph for unused parameters.
+        wrapped = DistributedDataParallel(
+            wrapped, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    criterion = SegmentationLoss(aux_weight=config.aux_weight, thresh=config.ohem_thresh)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    metrics = (out_dir / METRICS_LOG).open("a") if runtime.is_main else None
+    progress = tqdm(total=config.steps, initial=start_step, desc="train", dynamic_ncols=True,
+                    disable=not (runtime.is_main and config.progress))
+    losses: list[float] = []
+    started = time.monotonic()
+    step = start_step
+    try:
+        batches = _batches(dataset, config, runtime, start_step) if start_step < config.steps else iter(())
+        for batch in batches:
+            images, mask, label = _prepare_batch(batch, config, runtime, step)
+            with torch.autocast(runtime.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                outputs = wrapped(images, mask)
+            parts = criterion(outputs, label)
+            scaler.scale(parts["loss"]).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+                         if config.grad_clip > 0 else torch.tensor(float("nan")))
+            scaler.step(optimizer)
+            scaler.update()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss = float(parts["loss"].detach())
+            if not math.isfinite(loss) and amp_dtype != torch.float16:  # fp16: the scaler skips the step
+                raise FloatingPointError(f"loss is {loss} at step {step}")
+            losses.append(loss)
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            if step % config.log_every == 0 or step == config.steps:
+                reduced = torch.stack([parts["loss"].detach(), parts["main"], parts["aux"]]).float()
+                if runtime.distributed:
+                    dist.all_reduce(reduced)
+                    reduced /= runtime.world_size
+                if metrics is not None:
+                    record = {"step": step, "loss": reduced[0].item(), "loss_main": reduced[1].item(),
+                              "loss_aux": reduced[2].item(), "lr": lr, "grad_norm": float(grad_norm),
+                              "time": round(time.monotonic() - started, 3)}
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                rng = _gather_rng_states(runtime)
+                if runtime.is_main:
+                    _save(out_dir / LAST_CHECKPOINT, model, config, step, optimizer, scheduler, scaler, rng)
+            if step >= config.steps:
+                break
+    finally:
+        progress.close()
+        if metrics is not None:
+            metrics.close()
+    result: dict = {"step": step, "losses": losses, "model": model}
+    if runtime.is_main:
+        final = out_dir / FINAL_CHECKPOINT
+        last = out_dir / LAST_CHECKPOINT
+        if last.exists():
+            shutil.copyfile(last, final)
+        result["checkpoint"] = str(final)
+    if val_dataset is not None:
+        miou = _validate(model, val_dataset, config, runtime, amp_dtype)
+        if runtime.is_main:
+            result["val_miou"] = miou
+            log.info("validation mIoU after %d steps: %.4f", step, miou)
+            with (out_dir / METRICS_LOG).open("a") as f:
+                f.write(json.dumps({"step": step, "val_miou": miou}) + "\n")
+    if runtime.distributed:
+        dist.barrier()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: multi-stage recipes
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    overrides: dict  # TrainConfig fields
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    base: dict  # TrainConfig fields shared by the stages
+    stages: tuple[Stage, ...]
+    dataset: dict  # dataset arguments (see `_datasets`), e.g. synthetic frame counts
+
+
+PRESETS: dict[str, Preset] = {
+    "synthetic-tiny": Preset(
+        description="the model shipped with the package: tiny SAM-architecture encoder pretrained on "
+                    "synthetic RGB (standing in for SAM's pretraining), then frozen while the MoE-LoRA "
+                    "experts, router and heads learn all modalities with modality dropout",
+        base={"model": "tiny", "img_size": 128, "batch_size": 8, "warmup_steps": 50},
+        stages=(
+            Stage("pretrain", {"steps": 1500, "lr": 1e-3, "train_encoder": True, "train_experts": False,
+                               "rgb_only": True, "modality_dropout": 0.0}),
+            Stage("experts", {"steps": 1500, "lr": 1e-3, "train_encoder": False, "train_experts": True,
+                              "rgb_only": False, "modality_dropout": 0.3}),
+        ),
+        dataset={"dataset": "synthetic", "train_frames": 512, "val_frames": 64},
+    ),
+}
+
+
+def run_preset(name: str, overrides: dict, dataset: Dataset, val_dataset: Dataset | None = None,
+               resume: bool = False) -> dict:
+    """Run a preset's stages in order under `overrides["out_dir"]/<stage>/`; each stage starts
+    from the previous stage's final weights, and the last stage's checkpoint is copied to
+    `<out_dir>/model.pt`. With `resume`, finished stages are skipped and an interrupted one
+    continues from its last checkpoint. `overrides` (TrainConfig fields) apply to every stage."""
+    preset = PRESETS[name]
+    out_dir = Path(overrides.get("out_dir", TrainConfig.out_dir))
+    previous: str | None = None
+    result: dict = {}
+    for index, stage in enumerate(preset.stages):
+        fields_ = {**preset.base, **stage.overrides, **overrides, "out_dir": str(out_dir / stage.name)}
+        config = TrainConfig.from_dict(fields_)
+        if previous is not None:
+            config = replace(config, init_checkpoint=previous, sam_checkpoint=None)
+        last = Path(config.out_dir) / LAST_CHECKPOINT
+        if resume and last.exists():
+            config = replace(config, resume=str(last))
+        log.info("preset %s, stage %d/%d: %s", name, index + 1, len(preset.stages), stage.name)
+        is_last = index == len(preset.stages) - 1
+        result = train(config, dataset, val_dataset if is_last else None)
+        previous = str(Path(config.out_dir) / FINAL_CHECKPOINT)
+    if "checkpoint" in result:
+        shutil.copyfile(result["checkpoint"], out_dir / FINAL_CHECKPOINT)
+        result["checkpoint"] = str(out_dir / FINAL_CHECKPOINT)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Train MoE-LoRA SAM. Single process: `sam-mmseg train ...`; several: "
+                          "`torchrun --nproc_per_node N -m sam_mmseg_ros.cli train ...`.")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="multi-stage recipe; the options below override its values in every stage")
+    parser.add_argument("--dataset", choices=("deliver", "synthetic"), help="default: the preset's, else deliver")
+    parser.add_argument("--data-root", help="DELIVER folder (with img/, hha/, event/, lidar/, semantic/)")
+    parser.add_argument("--conditions", nargs="+", help="DELIVER conditions (default: all five)")
+    parser.add_argument("--train-frames", type=int, help="synthetic: number of training frames")
+    parser.add_argument("--val-frames", type=int, help="synthetic: number of validation frames (0: none)")
+    parser.add_argument("--model", help="model config name: tiny, vit_b, vit_l, vit_h")
+    parser.add_argument("--img-size", type=int, help="square model input size (multiple of 16)")
+    parser.add_argument("--sam-checkpoint", help="official SAM checkpoint (.pth) for the image encoder")
+    parser.add_argument("--init-checkpoint", help="start from the weights of one of our checkpoints")
+    parser.add_argument("--steps", type=int, help="optimizer steps (with --preset: of every stage)")
+    parser.add_argument("--batch-size", type=int, help="per process")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--modality-dropout", type=float, metavar="P",
+                        help="probability of dropping each modality in a sample (never all)")
+    parser.add_argument("--train-encoder", action="store_true", default=None,
+                        help="also train the SAM encoder (pretraining only)")
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="mixed precision on CUDA")
+    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="auto, cpu, cuda (torchrun: cuda:LOCAL_RANK)")
+    parser.add_argument("--out", dest="out_dir", default="train_output", help="output folder")
+    parser.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                        help=f"continue a run (default checkpoint: OUT/{LAST_CHECKPOINT}; with --preset: "
+                             f"skip finished stages, continue the interrupted one)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+
+_CONFIG_ARGS = ("model", "img_size", "sam_checkpoint", "init_checkpoint", "steps", "batch_size", "lr",
+                "modality_dropout", "train_encoder", "amp", "checkpoint_every", "num_workers", "seed",
+                "device", "out_dir", "progress")
+
+
+def _datasets(kind: str, args: argparse.Namespace, img_size: int, data: dict) -> tuple[Dataset, Dataset | None]:
+    size = (img_size, img_size)
+    if kind == "synthetic":
+        from sam_mmseg_ros.data.synthetic import SyntheticDataset
+
+        train_frames = args.train_frames or data.get("train_frames", 512)
+        val_frames = args.val_frames if args.val_frames is not None else data.get("val_frames", 64)
+        train_set = SyntheticDataset(seed=args.seed or 0, num_frames=train_frames, size=size)
+        val_set = SyntheticDataset(seed=(args.seed or 0) + 1_000_000, num_frames=val_frames, size=size) \
+            if val_frames else None
+        return train_set, val_set
+    from sam_mmseg_ros.data.deliver import DeliverDataset
+
+    if not args.data_root:
+        raise SystemExit("--dataset deliver needs --data-root")
+    return (DeliverDataset(args.data_root, "train", args.conditions, size),
+            DeliverDataset(args.data_root, "val", args.conditions, size))
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name) for name in _CONFIG_ARGS if getattr(args, name, None) is not None}
+    preset = PRESETS[args.preset] if args.preset else None
+    kind = args.dataset or (preset.dataset["dataset"] if preset else "deliver")
+    img_size = overrides.get("img_size") or (preset.base.get("img_size") if preset else TrainConfig.img_size)
+    train_set, val_set = _datasets(kind, args, img_size, preset.dataset if preset else {})
+    if preset is not None:
+        result = run_preset(args.preset, overrides, train_set, val_set, resume=args.resume is not None)
+    else:
+        config = TrainConfig.from_dict(overrides)
+        if args.resume is not None:
+            resume = Path(config.out_dir) / LAST_CHECKPOINT if args.resume == "auto" else Path(args.resume)
+            config = replace(config, resume=str(resume))
+        result = train(config, train_set, val_set)
+    if "checkpoint" in result:
+        summary = f"trained to step {result['step']}: {result['checkpoint']}"
+        if "val_miou" in result:
+            summary += f", validation mIoU {result['val_miou']:.4f}"
+        log.info(summary)
+    return 0

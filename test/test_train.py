@@ -1,0 +1,274 @@
+"""Training: DELIVER reader, modality dropout, OHEM loss, the loop (learning, resume, DDP, CLI)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sam_mmseg_ros.contracts import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, MODALITIES
+from sam_mmseg_ros.data.dataset import modality_dropout
+from sam_mmseg_ros.data.deliver import (
+    DELIVER_CONDITIONS,
+    DeliverDataset,
+    find_deliver_frames,
+    iter_deliver_frames,
+    write_deliver_fixture,
+)
+from sam_mmseg_ros.model.losses import OhemCrossEntropy, SegmentationLoss
+from sam_mmseg_ros.train import TrainConfig, evaluate_miou, train
+
+torch.set_num_threads(1)
+
+# A 2-block tiny model with 8-pixel patches at 32x32: a training step on a batch of 5 takes
+# ~0.05 s on one core.
+SMALL_MODEL = {"patch_size": 8, "depth": 2, "global_attn_indexes": [1], "aux_block_indexes": [0, 1], "embed_dim": 64,
+               "num_heads": 2, "out_chans": 64, "decoder_heads": 2, "decoder_depth": 1,
+               "decoder_mlp_dim": 128, "window_size": 3, "lora_rank": 4, "lora_alpha": 4.0}
+SIZE = 32
+
+
+def small_config(tmp_path: Path, **overrides) -> TrainConfig:
+    return replace(TrainConfig(model="tiny", img_size=SIZE, model_overrides=dict(SMALL_MODEL), lr=3e-3,
+                               warmup_steps=5, batch_size=5, checkpoint_every=1000, log_every=1,
+                               out_dir=str(tmp_path / "run"), device="cpu", progress=False), **overrides)
+
+
+@pytest.fixture(scope="module")
+def deliver_root(tmp_path_factory) -> Path:
+    # Six classes, so five training frames show each several times and held-out frames hold no
+    # class the model never saw.
+    return write_deliver_fixture(tmp_path_factory.mktemp("deliver"), frames_per_condition=2, size=(SIZE, SIZE),
+                                 class_ids=range(1, 7))
+
+
+# --- DELIVER reader ---------------------------------------------------------------------------
+
+
+def test_deliver_fixture_layout_and_read_back(tmp_path):
+    root = write_deliver_fixture(tmp_path, frames_per_condition=1, size=(32, 48), seed=3)
+    frames = find_deliver_frames(root, "val")
+    assert [f.condition for f in frames] == list(DELIVER_CONDITIONS)
+    first = frames[0]
+    expected = {"img": "rgb", "hha": "depth", "event": "event", "lidar": "lidar", "semantic": "semantic"}
+    for folder, tag in expected.items():
+        path = root / folder / first.condition / "val" / first.sequence / f"{first.frame}_{tag}_front.png"
+        assert path.is_file(), path
+
+    raw = np.asarray(Image.open(first.path("label")))[:, :, 0].astype(int)
+    assert {0, 255} <= set(np.unique(raw).tolist())
+    frame = next(iter_deliver_frames(root, "val", ["cloud"]))
+    assert frame["label"].dtype == np.uint8 and frame["rgb"].shape == (32, 48, 3)
+    assert frame["lidar"].shape == (32, 48, 3)  # stored single-channel, repeated
+    expected_label = np.where((raw >= 1) & (raw <= 25), raw - 1, IGNORE_LABEL)
+    np.testing.assert_array_equal(frame["label"], expected_label)
+
+    sample = DeliverDataset(root, "val", ["cloud"], size=(32, 48))[0]
+    assert sample["images"].shape == (len(MODALITIES), 3, 32, 48) and sample["images"].dtype == torch.float32
+    assert sample["label"].dtype == torch.int64 and sample["condition"] == "cloud"
+    torch.testing.assert_close(sample["modality_mask"], torch.ones(4))
+    rgb = torch.from_numpy(frame["rgb"]).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(sample["images"][0], (rgb - mean) / std)
+    torch.testing.assert_close(sample["images"][1] * 255, torch.from_numpy(frame["hha"]).permute(2, 0, 1).float())
+    lidar = sample["images"][3]
+    assert torch.equal(lidar[0], lidar[1]) and torch.equal(lidar[0], lidar[2]) and lidar.max() <= 1
+    np.testing.assert_array_equal(sample["label"].numpy(), expected_label)
+
+
+def test_deliver_resize_subset_and_lowres_events(tmp_path):
+    root = write_deliver_fixture(tmp_path, frames_per_condition=1, size=(32, 32), splits=("test",))
+    frame = find_deliver_frames(root, "test", ["night"])[0]
+    Image.fromarray(np.full((16, 16), 200, np.uint8)).save(frame.path("event"))  # *eventlowres* case
+    assert next(iter_deliver_frames(root, "test", ["night"]))["event"].shape == (32, 32, 3)
+
+    sample = DeliverDataset(root, "test", ["night"], size=(16, 16), modalities=("rgb", "lidar"))[0]
+    torch.testing.assert_close(sample["modality_mask"], torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert sample["images"][1:3].abs().sum() == 0
+    assert sample["label"].shape == (16, 16)
+    values = set(sample["label"].unique().tolist())
+    assert values <= set(range(25)) | {IGNORE_LABEL}  # nearest: no blended ids
+    with pytest.raises(FileNotFoundError, match="no DELIVER frames"):
+        DeliverDataset(root, "train")
+
+
+# --- modality dropout -------------------------------------------------------------------------
+
+
+def test_modality_dropout_never_drops_all_and_drops_any_subset():
+    generator = torch.Generator().manual_seed(0)
+    dropped = modality_dropout(torch.ones(4000, 4), generator, p=0.5)
+    assert dropped.sum(dim=1).min() >= 1
+    assert 0.3 < 1 - dropped[:, 0].mean() < 0.6  # RGB dropped as often as any other
+    patterns = {tuple(row.int().tolist()) for row in dropped}
+    assert len(patterns) == 15  # every non-empty subset survives, so every proper subset is dropped
+
+    partial = torch.tensor([[1.0, 0.0, 1.0, 0.0]]).repeat(500, 1)
+    out = modality_dropout(partial, generator, p=0.9)
+    assert out[:, [1, 3]].sum() == 0 and out.sum(dim=1).min() == 1
+    assert out[:, 0].sum() > 0 and out[:, 2].sum() > 0  # the rescued modality is not always RGB
+    assert torch.equal(modality_dropout(partial, generator, p=0.0), partial)
+
+
+# --- loss -------------------------------------------------------------------------------------
+
+
+def _two_class_logits(p_true: list[float]) -> torch.Tensor:
+    """[1, 2, 1, N] logits whose class-1 softmax probability is p_true (labels are all 1)."""
+    p = torch.tensor(p_true)
+    return torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))]).view(1, 2, 1, -1)
+
+
+def test_ohem_hand_example():
+    logits = _two_class_logits([0.9, 0.5, 0.2, 0.3])
+    label = torch.tensor([[[1, 1, 1, IGNORE_LABEL]]])
+    # -log 0.7 = 0.357: the 0.5 and 0.2 pixels are hard, the 0.9 one easy, the last ignored.
+    hard = (-math.log(0.5) - math.log(0.2)) / 2
+    assert OhemCrossEntropy(thresh=0.7)(logits, label).item() == pytest.approx(hard, rel=1e-5)
+    # All easy: min_kept (half of the 2 labelled pixels) keeps the hardest one.
+    easy = _two_class_logits([0.9, 0.95])
+    assert OhemCrossEntropy(0.7, min_kept_fraction=0.5)(easy, torch.ones(1, 1, 2, dtype=torch.long)).item() \
+        == pytest.approx(-math.log(0.9), rel=1e-5)
+    loss = SegmentationLoss(aux_weight=0.4)({"logits": logits, "aux_logits": easy.repeat(1, 1, 1, 2)},
+                                            torch.tensor([[[1, 1, 1, IGNORE_LABEL]]]))
+    aux = OhemCrossEntropy()(easy.repeat(1, 1, 1, 2), torch.tensor([[[1, 1, 1, IGNORE_LABEL]]])).item()
+    assert loss["loss"].item() == pytest.approx(hard + 0.4 * aux, rel=1e-5)
+    all_ignored = torch.full((1, 1, 4), IGNORE_LABEL)
+    zero = OhemCrossEntropy()(logits.requires_grad_(), all_ignored)
+    assert zero.item() == 0 and zero.requires_grad
+
+
+# --- training loop ----------------------------------------------------------------------------
+
+
+def test_training_learns_and_beats_untrained(deliver_root, tmp_path):
+    train_set = torch.utils.data.Subset(DeliverDataset(deliver_root, "train", size=(SIZE, SIZE)), range(5))
+    val_set = DeliverDataset(deliver_root, "val", size=(SIZE, SIZE))
+    config = small_config(tmp_path, steps=80, lr=1e-2, train_encoder=True, modality_dropout=0.0)
+    result = train(config, train_set, val_set)
+    losses = result["losses"]
+    assert result["step"] == 80 and len(losses) == 80
+    assert np.mean(losses[-5:]) <= 0.2 * losses[0], losses[::10]
+
+    from sam_mmseg_ros.model import build_model
+
+    torch.manual_seed(config.seed)  # the very weights training started from
+    untrained = evaluate_miou(build_model("tiny", img_size=SIZE, **SMALL_MODEL), val_set, torch.device("cpu"))
+    trained = evaluate_miou(result["model"], val_set, torch.device("cpu"))
+    assert trained["miou"] == pytest.approx(result["val_miou"])
+    # Five frames teach colour -> class only roughly (held-out accuracy ~0.2-0.35 against ~0.05).
+    assert trained["pixel_accuracy"] > untrained["pixel_accuracy"] + 0.08, (trained, untrained)
+    assert trained["miou"] > untrained["miou"] + 0.02, (trained, untrained)
+
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records[:80]] == list(range(1, 81))
+    assert {"loss", "lr", "time"} <= set(records[0]) and records[-1]["val_miou"] == result["val_miou"]
+    assert records[0]["lr"] < records[5]["lr"] > records[79]["lr"]  # warmup, then poly decay
+
+
+class _CrashAfter(torch.utils.data.Dataset):
+    """Raises once `limit` samples were read: a run killed mid-training."""
+
+    def __init__(self, dataset, limit: int):
+        self.dataset, self.limit, self.reads = dataset, limit, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        if self.reads > self.limit:
+            raise RuntimeError("simulated crash")
+        return self.dataset[index]
+
+
+def test_resume_continues_exactly(deliver_root, tmp_path):
+    dataset = torch.utils.data.Subset(DeliverDataset(deliver_root, "train", size=(SIZE, SIZE)), range(8))
+    config = small_config(tmp_path, steps=6, batch_size=3, modality_dropout=0.5, checkpoint_every=3)
+    straight = train(replace(config, out_dir=str(tmp_path / "straight")), dataset)
+
+    crashed = replace(config, out_dir=str(tmp_path / "crashed"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashed, _CrashAfter(dataset, limit=3 * 3 + 2))
+    from sam_mmseg_ros.model.checkpoint import load_checkpoint
+
+    model, extra = load_checkpoint(tmp_path / "crashed" / "last.pt", map_location="cpu")
+    assert extra["step"] == 3 and extra["train_config"]["modality_dropout"] == 0.5
+    assert model.config.depth == SMALL_MODEL["depth"]
+
+    resumed = train(replace(crashed, resume=str(tmp_path / "crashed" / "last.pt")), dataset)
+    assert resumed["step"] == 6 and len(resumed["losses"]) == 3
+    np.testing.assert_allclose(resumed["losses"], straight["losses"][3:], rtol=1e-5)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+# --- CLI and multi-process --------------------------------------------------------------------
+
+
+def test_cli_trains_on_deliver_folder(deliver_root, tmp_path):
+    from sam_mmseg_ros.cli import main
+    from sam_mmseg_ros.model.checkpoint import load_checkpoint
+
+    out = tmp_path / "cli"
+    assert main(["train", "--dataset", "deliver", "--data-root", str(deliver_root), "--conditions", "sun", "fog",
+                 "--model", "tiny", "--img-size", "32", "--steps", "2", "--batch-size", "2", "--lr", "1e-3",
+                 "--modality-dropout", "0.3", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    model, extra = load_checkpoint(out / "model.pt", map_location="cpu")
+    assert extra["step"] == 2 and extra["train_config"]["img_size"] == 32 and model.config.img_size == 32
+    assert main(["train", "--dataset", "deliver", "--data-root", str(deliver_root), "--conditions", "sun",
+                 "--model", "tiny", "--img-size", "32", "--steps", "3", "--batch-size", "2", "--device", "cpu",
+                 "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert load_checkpoint(out / "model.pt", map_location="cpu")[1]["step"] == 3
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {test_dir!r})
+torch.set_num_threads(1)
+from test_train import small_config, SIZE, SMALL_MODEL
+from sam_mmseg_ros.model import build_model
+from sam_mmseg_ros.data.deliver import DeliverDataset
+from sam_mmseg_ros.train import train
+from pathlib import Path
+
+out = Path({out!r})
+dataset = DeliverDataset({root!r}, "train", size=(SIZE, SIZE))
+config = small_config(out, steps=2, batch_size=2, modality_dropout=0.5)
+val = DeliverDataset({root!r}, "val", ["fog", "rain", "sun"], size=(SIZE, SIZE))
+result = train(config, dataset, val)  # joins the torchrun group (gloo on the CPU) and leaves it
+torch.manual_seed(config.seed)
+initial = build_model("tiny", img_size=SIZE, **SMALL_MODEL)
+flat = lambda model: torch.cat([p.detach().flatten() for p in model.parameters()])
+torch.save({{"losses": result["losses"], "params": flat(result["model"]), "initial": flat(initial),
+            "step": result["step"], "val_miou": result.get("val_miou")}},
+           out / f"rank{{os.environ['RANK']}}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_agree(deliver_root, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(test_dir=str(Path(__file__).parent), out=str(tmp_path),
+                                                        root=str(deliver_root))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["step"] == 2 and 0 <= ranks[0]["val_miou"] <= 1 and ranks[1]["val_miou"] is None
+    assert ranks[0]["losses"] != ranks[1]["losses"]  # different shards ...
+    assert not torch.equal(ranks[0]["params"], ranks[0]["initial"])  # ... one trained model
+    torch.testing.assert_close(ranks[0]["params"], ranks[1]["params"], rtol=0, atol=0)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 2] and "val_miou" in records[-1]  # rank 0 alone logs
