@@ -1,0 +1,149 @@
+"""Offline evaluation: a tiny synthetic bag through the node's own stages, reports, determinism,
+and the DELIVER path."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sam_mmseg_ros.contracts import BAG_TOPICS, HEALTH_STATES, MODALITIES
+from sam_mmseg_ros.data.bags import read_bag
+from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
+from sam_mmseg_ros.eval.run import (
+    CONDITION_TOPIC,
+    FULL,
+    SUBSETS,
+    evaluate_bag,
+    evaluate_deliver,
+    label_agreement,
+    write_eval_bag,
+    write_report,
+)
+from sam_mmseg_ros.ingest import build_offline_pipeline, load_parameters, topic_kinds
+from sam_mmseg_ros.labels import NUM_CLASSES
+
+CONDITIONS = ("sun", "night")
+FRAMES_PER_CONDITION = 2
+QUICK = {FULL: SUBSETS[FULL], "without lidar": SUBSETS["without lidar"]}
+OUTAGE = {1: ("lidar",), 2: ("lidar",), 3: ("lidar",)}  # the LiDAR stops after the first frame
+OVERRIDES = {"event_sensor_size": [64, 48]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from sam_mmseg_ros.engine import create_backend
+
+    return create_backend("torch", device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "bag"
+    frames = []
+    for i, condition in enumerate(CONDITIONS):
+        start = SequenceConfig.start_ns + i * FRAMES_PER_CONDITION * 100_000_000
+        frames += generate_sequence(SequenceConfig(width=64, height=48, num_frames=FRAMES_PER_CONDITION,
+                                                   condition=condition, seed=i, start_ns=start))
+    write_eval_bag(frames, path, leave_out=OUTAGE)
+    return path
+
+
+def test_eval_bag_orders_sensors_before_the_camera_and_records_conditions(bag):
+    records = [(topic, t, msg) for topic, t, _, msg in read_bag(bag)]
+    conditions = [msg.data for topic, _, msg in records if topic == CONDITION_TOPIC]
+    assert conditions == [c for c in CONDITIONS for _ in range(FRAMES_PER_CONDITION)]
+    lidar = [t for topic, t, _ in records if topic == BAG_TOPICS["lidar"]]
+    cameras = [t for topic, t, _ in records if topic == BAG_TOPICS["rgb"]]
+    assert len(lidar) == len(cameras) - len(OUTAGE)
+    depth = [t for topic, t, _ in records if topic == BAG_TOPICS["depth"]]
+    assert all(d < c for d, c in zip(depth, cameras, strict=True))
+
+
+def test_feeder_follows_the_node_parameters(bag, backend):
+    kinds = topic_kinds()
+    feeder, _ = build_offline_pipeline(backend, overrides={"enable.lidar": False})
+    bundles = [b for topic, t, _, msg in read_bag(bag) if topic in kinds
+               if (b := feeder.feed(kinds[topic], msg, t)) is not None]
+    assert len(bundles) == len(CONDITIONS) * FRAMES_PER_CONDITION
+    assert all(b.lidar is None and b.absent["lidar"] == "disabled" for b in bundles)
+    # Without event_sensor_size the first event chunk precedes any camera image, as in the node.
+    assert bundles[0].event is None and bundles[1].event is not None
+    assert all(b.depth is not None and b.stamps["depth"] == b.stamp_ns for b in bundles)
+
+
+def test_shipped_parameter_file_names_every_node_parameter():
+    pytest.importorskip("rclpy")
+    from sam_mmseg_ros.ros.parameters import SPECS, health_specs
+
+    names = set(load_parameters())
+    optional = {"T_camera_lidar.matrix"}
+    assert {s.name for s in (*SPECS, *health_specs())} - optional <= names
+
+
+def test_offline_eval_writes_reports_and_is_deterministic(bag, backend, tmp_path):
+    first = evaluate_bag(bag, backend, overrides=OVERRIDES, subsets=QUICK, progress=False, keep_labels=True)
+    second = evaluate_bag(bag, backend, overrides=OVERRIDES, subsets=QUICK, progress=False, keep_labels=True)
+    frames = len(CONDITIONS) * FRAMES_PER_CONDITION
+    assert first.frames == first.camera_frames == frames
+    for name in QUICK:
+        assert np.array_equal(first.confusion[name].matrix, second.confusion[name].matrix)
+    assert label_agreement(first, second)["pixel_agreement"] == 1.0
+
+    summary = write_report(first, tmp_path, title="test")
+    for name in ("metrics.json", "report.md", "confusion_matrix.png", "class_iou.png", "overlay_mosaic.png",
+                 "health_timeline.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(written["miou"]) == set(QUICK)
+    assert set(written["miou_per_condition"][FULL]) == set(CONDITIONS)
+    assert np.asarray(written["confusion_matrix"]).shape == (NUM_CLASSES, NUM_CLASSES)
+    assert np.asarray(written["confusion_matrix"]).sum() == first.confusion[FULL].matrix.sum() > 0
+    assert len(written["class_iou"]) == NUM_CLASSES
+    for m in MODALITIES:
+        assert sum(written["health_counts"][m].values()) == frames
+        assert set(written["health_counts"][m]) == set(HEALTH_STATES)
+    assert {"assemble", "encode", "infer", "total"} <= set(written["latency_ms"])
+    assert written["model"]["backend"] == "torch"
+    # The staged outage shows in the health timeline once the last LiDAR cloud is out of tolerance.
+    assert first.timeline[0]["lidar"] == "ok" and first.timeline[0]["lidar_weight"] > 0.0
+    assert first.timeline[-1]["lidar"] == "stale" and first.timeline[-1]["lidar_weight"] == 0.0
+    report = (tmp_path / "report.md").read_text()
+    assert "mIoU by modality subset" in report and "without lidar" in report
+    assert summary["miou"] == written["miou"]
+
+
+def test_deliver_eval(tmp_path, backend):
+    from sam_mmseg_ros.data.deliver import write_deliver_fixture
+
+    root = write_deliver_fixture(tmp_path / "DELIVER", frames_per_condition=1, size=(64, 64), splits=("test",),
+                                 conditions=CONDITIONS)
+    result = evaluate_deliver(root, backend, split="test", subsets={"RGB": SUBSETS["RGB"]}, progress=False)
+    assert result.frames == len(CONDITIONS)
+    assert set(result.per_condition[FULL]) == set(CONDITIONS)
+    assert set(result.confusion) == {FULL, "RGB"}
+    assert result.confusion[FULL].total > 0
+    summary = write_report(result, tmp_path / "report")
+    assert summary["mode"] == "DELIVER" and (tmp_path / "report" / "overlay_mosaic.png").is_file()
+
+
+def test_feeder_marks_an_undecodable_message_invalid_and_keeps_going(bag, backend):
+    kinds = topic_kinds()
+    feeder, pipeline = build_offline_pipeline(backend, overrides=OVERRIDES)
+    results = []
+    for topic, t, _, msg in read_bag(bag):
+        if topic == BAG_TOPICS["depth"]:
+            msg.data = msg.data[: msg.data.size // 2]  # truncated buffer
+        if topic in kinds and (bundle := feeder.feed(kinds[topic], msg, t)) is not None:
+            results.append(pipeline.run(bundle, t, paint=False))
+    assert "truncated" in feeder.input_errors["depth"]
+    assert len(results) == len(CONDITIONS) * FRAMES_PER_CONDITION
+    assert all(r.health["depth"].state == "invalid" and r.health["rgb"].state == "ok" for r in results)
