@@ -42,6 +42,12 @@ below, so a replay feeds a node started with defaults."""
 
 BAG_TOPICS: dict[str, str] = {k: f"/{NODE_NAME}/{v[2:]}" for k, v in INPUT_TOPICS.items()}
 GROUND_TRUTH_TOPIC = f"/{NODE_NAME}/ground_truth/labels"  # mono8 class ids, camera header
+CONDITION_TOPIC = f"/{NODE_NAME}/ground_truth/condition"  # std_msgs/String: weather of each frame
+CAMERA_RECORD_DELAY_NS = 10_000_000
+"""Bags record a frame's camera image (and ground truth) this long after its depth, events and
+LiDAR, header stamps unchanged, as a camera-triggered rig delivers them: when the node assembles a
+camera frame its partners have arrived at any replay speed, so a replay gives the node the same
+bundles that offline evaluation assembles."""
 
 
 class InputError(ValueError):

@@ -69,8 +69,8 @@ def generate_bag(path: Path, frames: int, size: tuple[int, int], conditions: tup
     the same as on /tf_static)."""
     from tqdm import tqdm
 
+    from sam_mmseg_ros.data.bags import write_bag
     from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
-    from sam_mmseg_ros.eval.run import write_eval_bag
 
     width, height = size
     period_ns = 100_000_000
@@ -87,7 +87,7 @@ def generate_bag(path: Path, frames: int, size: tuple[int, int], conditions: tup
                 yield frame
             start += count * period_ns
 
-    write_eval_bag(tqdm(all_frames(), total=frames, desc="synthetic bag", unit="frame"), path,
+    write_bag(tqdm(all_frames(), total=frames, desc="synthetic bag", unit="frame"), path,
                    leave_out=dict.fromkeys(lidar_outage(frames), ("lidar",)))
     return extrinsic[0]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sam_mmseg_ros.cli import main as cli_main
-from sam_mmseg_ros.contracts import BAG_TOPICS, GROUND_TRUTH_TOPIC
+from sam_mmseg_ros.contracts import BAG_TOPICS, CAMERA_RECORD_DELAY_NS, CONDITION_TOPIC, GROUND_TRUTH_TOPIC
 from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, bag_topics, read_bag, read_raw, write_bag
 from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
 from sam_mmseg_ros.ros.convert import (
@@ -18,6 +18,7 @@ from sam_mmseg_ros.ros.convert import (
     image_to_numpy,
     pointcloud2_to_cloud,
     pointcloud2_to_events,
+    stamp_to_ns,
 )
 
 
@@ -38,7 +39,7 @@ def quaternion_matrix(x, y, z, w):
 def test_round_trip_equals_frames(tmp_path, frames, storage):
     bag = tmp_path / "bag"
     count = write_bag(frames, bag, storage)
-    assert count == 1 + 6 * len(frames)
+    assert count == 1 + 7 * len(frames)
     assert (bag / "metadata.yaml").is_file()
     messages = list(read_bag(bag))
     assert len(messages) == count
@@ -59,7 +60,9 @@ def test_round_trip_equals_frames(tmp_path, frames, storage):
 
     for i, frame in enumerate(frames):
         rgb = by_topic[BAG_TOPICS["rgb"]][i]
-        assert rgb[0] == frame.stamp_ns
+        assert rgb[0] == frame.stamp_ns + CAMERA_RECORD_DELAY_NS  # recorded after its partner sensors
+        assert stamp_to_ns(rgb[2].header.stamp) == frame.stamp_ns
+        assert by_topic[CONDITION_TOPIC][i][2].data == frame.condition
         assert np.array_equal(image_to_numpy(rgb[2]).array, frame.rgb)
         depth = image_to_numpy(by_topic[BAG_TOPICS["depth"]][i][2])
         assert depth.encoding == "32FC1" and np.array_equal(depth.array, frame.depth)
@@ -90,7 +93,7 @@ def test_make_bag_cli(tmp_path):
                    "--failures", "low_res_events", "--storage", "sqlite3"])
     assert rc == 0
     messages = list(read_bag(out))
-    assert len(messages) == 1 + 2 * 2 * 6
+    assert len(messages) == 1 + 2 * 2 * 7  # per frame: 5 sensor topics, ground truth, condition
     stamps = [s for topic, s, _, _ in messages if topic == BAG_TOPICS["rgb"]]
     assert stamps == sorted(stamps) and len(set(stamps)) == 4  # the two sequences follow each other
     assert cli_main(["make-bag", str(out), "--frames", "1"]) == 1  # never overwrites
@@ -105,7 +108,7 @@ def test_make_bag_from_deliver(tmp_path):
     assert cli_main(["make-bag", str(out), "--deliver", str(root), "--split", "val",
                      "--conditions", "fog,night"]) == 0
     messages = list(read_bag(out))
-    assert len(messages) == 2 * 6
+    assert len(messages) == 2 * 7
     topics = {topic: msgtype for topic, _, msgtype, _ in messages}
     assert topics[BAG_TOPICS["lidar"]] == "sensor_msgs/msg/Image"  # DELIVER has only renderings
     label = next(image_to_numpy(m).array for t, _, _, m in messages if t == GROUND_TRUTH_TOPIC)
@@ -162,7 +165,7 @@ def test_replay_over_dds(tmp_path, frames):
     assert int(n_rgb) == len(frames) and int(n_lidar) == len(frames)
     assert [int(s) for s in stamps.split(",")] == [f.stamp_ns for f in frames]
     assert int(n_clock) >= 5  # 100 Hz while 0.2 s of bag time plays
-    assert frames[0].stamp_ns <= int(clock_min) and int(clock_max) <= frames[-1].stamp_ns
+    assert frames[0].stamp_ns <= int(clock_min) and int(clock_max) <= frames[-1].stamp_ns + CAMERA_RECORD_DELAY_NS
 
 
 @pytest.mark.ros

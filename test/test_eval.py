@@ -7,17 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from sam_mmseg_ros.contracts import BAG_TOPICS, HEALTH_STATES, MODALITIES
-from sam_mmseg_ros.data.bags import read_bag
+from sam_mmseg_ros.contracts import BAG_TOPICS, CONDITION_TOPIC, HEALTH_STATES, MODALITIES
+from sam_mmseg_ros.data.bags import read_bag, write_bag
 from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
 from sam_mmseg_ros.eval.run import (
-    CONDITION_TOPIC,
     FULL,
     SUBSETS,
     evaluate_bag,
     evaluate_deliver,
     label_agreement,
-    write_eval_bag,
     write_report,
 )
 from sam_mmseg_ros.ingest import build_offline_pipeline, load_parameters, topic_kinds
@@ -53,7 +51,7 @@ def bag(tmp_path_factory):
         start = SequenceConfig.start_ns + i * FRAMES_PER_CONDITION * 100_000_000
         frames += generate_sequence(SequenceConfig(width=64, height=48, num_frames=FRAMES_PER_CONDITION,
                                                    condition=condition, seed=i, start_ns=start))
-    write_eval_bag(frames, path, leave_out=OUTAGE)
+    write_bag(frames, path, leave_out=OUTAGE)
     return path
 
 

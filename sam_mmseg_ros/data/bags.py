@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from sam_mmseg_ros.contracts import BAG_TOPICS, GROUND_TRUTH_TOPIC, EventArray, PointCloud
+from sam_mmseg_ros.contracts import (
+    BAG_TOPICS,
+    CAMERA_RECORD_DELAY_NS,
+    CONDITION_TOPIC,
+    GROUND_TRUTH_TOPIC,
+    EventArray,
+    PointCloud,
+)
 from sam_mmseg_ros.sensors.camera import CameraModel
 
 log = logging.getLogger(__name__)
@@ -169,10 +176,16 @@ def _deliver_messages(frame: dict, builder: _Messages, topics: dict[str, str]):
 
 
 def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
-              topics: dict[str, str] = BAG_TOPICS) -> int:
-    """Write frames (SyntheticFrame, or DELIVER dicts with stamp_ns and camera) to a new rosbag2
-    directory; returns the number of messages. A SyntheticFrame also puts its LiDAR extrinsic on
-    /tf_static once (camera_optical_frame -> lidar)."""
+              topics: dict[str, str] = BAG_TOPICS,
+              leave_out: Mapping[int, Collection[str]] | None = None) -> int:
+    """Write frames (SyntheticFrame, or DELIVER dicts with stamp_ns, camera and condition) to a new
+    rosbag2 directory; returns the number of messages.
+
+    Each frame's condition goes on CONDITION_TOPIC; its camera image and ground truth are recorded
+    CAMERA_RECORD_DELAY_NS after the other sensors (see contracts). A SyntheticFrame also puts its
+    LiDAR extrinsic on /tf_static once (camera_optical_frame -> lidar). `leave_out` maps a frame
+    index to the sensors ("depth", "event", "lidar") that send nothing for it: a staged outage.
+    """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     if storage not in STORAGES:
@@ -182,6 +195,7 @@ def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
     connections: dict[str, object] = {}
     count = 0
     previous: int | None = None
+    delayed = {topics["rgb"], GROUND_TRUTH_TOPIC}
     with Writer(Path(path), version=9, storage_plugin=plugin) as writer:
 
         def write(topic: str, msgtype: str, msg, stamp: int, qos=()):
@@ -190,15 +204,21 @@ def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
                                                            offered_qos_profiles=qos)
             writer.write(connections[topic], stamp, builder.ts.serialize_cdr(msg, msgtype))
 
-        for frame in frames:
+        for index, frame in enumerate(frames):
             is_synthetic = not isinstance(frame, dict)
             stamp = frame.stamp_ns if is_synthetic else frame["stamp_ns"]
+            condition = frame.condition if is_synthetic else frame["condition"]
             if is_synthetic and TF_STATIC_TOPIC not in connections:
                 tf = builder.tf_static(frame.T_camera_lidar, frame.camera.frame_id, frame.lidar.frame_id, stamp)
                 write(TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", tf, stamp, [_latched_qos()])
                 count += 1
-            for topic, msgtype, msg in frame_messages(frame, builder, topics, previous):
-                write(topic, msgtype, msg, stamp)
+            silent = {topics[m] for m in (leave_out or {}).get(index, ())}
+            messages = frame_messages(frame, builder, topics, previous)
+            messages.append((CONDITION_TOPIC, "std_msgs/msg/String", builder.t["std_msgs/msg/String"](condition)))
+            for topic, msgtype, msg in sorted(messages, key=lambda m: m[0] in delayed):
+                if topic in silent:
+                    continue
+                write(topic, msgtype, msg, stamp + (CAMERA_RECORD_DELAY_NS if topic in delayed else 0))
                 count += 1
             previous = stamp
     return count

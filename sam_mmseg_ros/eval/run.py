@@ -14,19 +14,23 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from sam_mmseg_ros.contracts import GROUND_TRUTH_TOPIC, HEALTH_STATES, MODALITIES, FrameBundle
+from sam_mmseg_ros.contracts import (
+    CONDITION_TOPIC,
+    GROUND_TRUTH_TOPIC,
+    HEALTH_STATES,
+    MODALITIES,
+    FrameBundle,
+)
 from sam_mmseg_ros.eval.metrics import ConfusionMatrix
 from sam_mmseg_ros.labels import CLASSES, NUM_CLASSES, overlay
 
 log = logging.getLogger(__name__)
 
-CONDITION_TOPIC = GROUND_TRUTH_TOPIC.rsplit("/", 1)[0] + "/condition"
 """std_msgs/String per frame (record time = the camera stamp): weather/lighting of the frame."""
 
 FULL = "RGB-D-E-L"
@@ -139,61 +143,6 @@ def backend_info(backend) -> dict:
 
 
 # ------------------------------------------------------------------------------------ bags
-
-
-CAMERA_RECORD_DELAY_NS = 10_000_000
-"""Record time of a frame's camera image (and its ground truth) after its other sensors."""
-
-
-def write_eval_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
-                   leave_out: Mapping[int, Collection[str]] | None = None) -> int:
-    """Write SyntheticFrames to a bag for evaluation; returns the number of messages.
-    `leave_out` maps a frame index to the sensors ("depth", "event", "lidar") that send nothing
-    for that frame, to stage a sensor outage.
-
-    Same messages as `data.bags.write_bag`, plus each frame's condition on CONDITION_TOPIC, with
-    the camera image recorded CAMERA_RECORD_DELAY_NS after the frame's depth, events and LiDAR
-    (header stamps unchanged), as a camera-triggered rig delivers them: when the node assembles a
-    camera frame its partners have arrived, whatever the replay speed, so a replay gives the node
-    the same bundles the offline evaluation assembles.
-    """
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
-    from sam_mmseg_ros.contracts import BAG_TOPICS
-    from sam_mmseg_ros.data.bags import STORAGES, TF_STATIC_TOPIC, _latched_qos, _Messages, frame_messages
-
-    if storage not in STORAGES:
-        raise ValueError(f"storage must be one of {STORAGES}, got '{storage}'")
-    builder = _Messages()
-    connections: dict[str, object] = {}
-    count = 0
-    previous = None
-    delayed = {BAG_TOPICS["rgb"], GROUND_TRUTH_TOPIC}
-    with Writer(Path(path), version=9,
-                storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3) as writer:
-
-        def write(topic: str, msgtype: str, msg, stamp: int, qos=()) -> None:
-            if topic not in connections:
-                connections[topic] = writer.add_connection(topic, msgtype, typestore=builder.ts,
-                                                           offered_qos_profiles=qos)
-            writer.write(connections[topic], stamp, builder.ts.serialize_cdr(msg, msgtype))
-
-        for index, frame in enumerate(frames):
-            stamp = frame.stamp_ns
-            silent = {BAG_TOPICS[m] for m in (leave_out or {}).get(index, ())}
-            if TF_STATIC_TOPIC not in connections:
-                tf = builder.tf_static(frame.T_camera_lidar, frame.camera.frame_id, frame.lidar.frame_id, stamp)
-                write(TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", tf, stamp, [_latched_qos()])
-                count += 1
-            messages = frame_messages(frame, builder, BAG_TOPICS, previous)
-            messages.append((CONDITION_TOPIC, "std_msgs/msg/String", builder.t["std_msgs/msg/String"](frame.condition)))
-            for topic, msgtype, msg in sorted(messages, key=lambda m: m[0] in delayed):
-                if topic in silent:
-                    continue
-                write(topic, msgtype, msg, stamp + (CAMERA_RECORD_DELAY_NS if topic in delayed else 0))
-                count += 1
-            previous = stamp
-    return count
 
 
 def count_messages(path: str | Path, topic: str) -> int:
