@@ -1,0 +1,75 @@
+"""The Backend protocol every inference engine implements (DESIGN.md §3), and the input check
+all of them share so a bad tensor fails the same clear way on torch, ONNX Runtime and TensorRT."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from sam_mmseg_ros.contracts import ENGINE_OUTPUTS, InputError
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One loaded model ready to run on one device.
+
+    `input_shape` is (1, M, 3, H, W). `metadata` holds at least: `classes` (list of names),
+    `modalities` (order of the M axis), `input_size` ([H, W]), `trained` (False for a randomly
+    initialised model, which the node reports as an error) and `model_hash` (sha256 hex).
+    """
+
+    name: str
+    precision: str
+    input_shape: tuple[int, ...]
+    metadata: dict
+
+    def warmup(self, iterations: int = 2) -> None:
+        """Run a few dummy frames so the first real frame does not pay for lazy init."""
+        ...
+
+    def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """images float32 [1, M, 3, H, W], modality_mask float32 [1, M] ->
+        {labels int32 [1, H, W], confidence float32 [1, H, W], router_weights float32 [1, M]}."""
+        ...
+
+
+def validate_inputs(images: np.ndarray, modality_mask: np.ndarray, input_shape: tuple[int, ...]) -> None:
+    """Raise InputError unless the arrays match the engine input contract exactly.
+
+    Engines are built for one static shape and dtype; converting silently would hide a
+    preprocessing bug, so the caller is told what it sent and what was expected.
+    """
+    expected_mask = (input_shape[0], input_shape[1])
+    for what, array, shape in (("images", images, tuple(input_shape)), ("modality_mask", modality_mask, expected_mask)):
+        if not isinstance(array, np.ndarray):
+            raise InputError(f"{what} must be a numpy array, got {type(array).__name__}")
+        if array.dtype != np.float32:
+            raise InputError(f"{what} must be float32, got {array.dtype}")
+        if tuple(array.shape) != shape:
+            raise InputError(f"{what} has shape {tuple(array.shape)}, the engine expects {shape}")
+    if not np.isin(modality_mask, (0.0, 1.0)).all():
+        raise InputError(f"modality_mask must hold only 0 and 1, got {modality_mask.tolist()}")
+    if not modality_mask.any():
+        raise InputError("no modality is present (modality_mask is all zero): nothing to segment")
+    if not np.isfinite(images).all():
+        raise InputError("images contain NaN or Inf")
+
+
+def check_outputs(outputs: dict[str, np.ndarray], input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Check a backend's outputs against the contract (names, dtypes, shapes); returns them."""
+    batch, modalities, _, height, width = input_shape
+    expected = {
+        "labels": (np.int32, (batch, height, width)),
+        "confidence": (np.float32, (batch, height, width)),
+        "router_weights": (np.float32, (batch, modalities)),
+    }
+    for name in ENGINE_OUTPUTS:
+        dtype, shape = expected[name]
+        if name not in outputs:
+            raise RuntimeError(f"backend output {name!r} is missing (got {sorted(outputs)})")
+        out = outputs[name]
+        if out.dtype != dtype or tuple(out.shape) != shape:
+            raise RuntimeError(f"backend output {name!r} is {out.dtype}{tuple(out.shape)}, "
+                               f"expected {np.dtype(dtype)}{shape}")
+    return outputs

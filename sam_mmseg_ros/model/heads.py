@@ -1,0 +1,201 @@
+"""Segmentation heads on the fused image embedding.
+
+`SemanticMaskDecoder` is SAM's mask decoder turned into a semantic head, as in MLE-SAM: the
+prompt tokens are replaced by one learned query per class, the two-way transformer lets the
+class queries and the image embedding attend to each other, and a hypernetwork MLP maps each
+class query to a dynamic 1x1 classifier over the 4x upscaled embedding. The transformer,
+upscaling, hypernetwork and positional encoding keep SAM's names and shapes so they start from
+an official checkpoint (`MoELoRASAM.SAM_KEY_MAP`).
+
+`AuxiliaryHead` is a light feature-pyramid head over intermediate encoder blocks: it gives the
+encoder experts a second, shorter gradient path during training and is not used at inference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sam_mmseg_ros.model.image_encoder import LayerNorm2d, MLPBlock
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """SAM's random Fourier positional encoding of the embedding grid (prompt_encoder.pe_layer)."""
+
+    def __init__(self, num_pos_feats: int = 64, scale: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
+
+    def forward(self, size: tuple[int, int]) -> torch.Tensor:
+        """Dense PE [C, h, w] at pixel centers of an h x w grid normalised to [0, 1]."""
+        h, w = size
+        device = self.positional_encoding_gaussian_matrix.device
+        grid = torch.ones((h, w), device=device, dtype=torch.float32)
+        y_embed = (grid.cumsum(dim=0) - 0.5) / h
+        x_embed = (grid.cumsum(dim=1) - 0.5) / w
+        coords = 2 * torch.stack([x_embed, y_embed], dim=-1) - 1
+        coords = 2 * np.pi * (coords @ self.positional_encoding_gaussian_matrix)
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).permute(2, 0, 1)
+
+
+class MLP(nn.Module):
+    """SAM's hypernetwork MLP (ReLU between `num_layers` Linear layers)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims, dims[1:] + [output_dim], strict=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class Attention(nn.Module):
+    """SAM decoder attention with optional downscaling of the internal dimension."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        b, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
+
+
+class TwoWayAttentionBlock(nn.Module):
+    """Token self-attention, token->image, MLP, image->token (SAM's block, same names)."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int, skip_first_layer_pe: bool) -> None:
+        super().__init__()
+        self.self_attn = Attention(embedding_dim, num_heads)
+        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate=2)
+        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim, nn.ReLU)
+        self.norm3 = nn.LayerNorm(embedding_dim)
+        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, downsample_rate=2)
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(self, queries, keys, query_pe, key_pe):
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q=q, k=q, v=queries)
+        queries = self.norm1(queries)
+        q, k = queries + query_pe, keys + key_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
+        queries = self.norm3(queries + self.mlp(queries))
+        q, k = queries + query_pe, keys + key_pe
+        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    """SAM's two-way transformer between query tokens and the image embedding."""
+
+    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, skip_first_layer_pe=(i == 0))
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate=2)
+        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+
+    def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor):
+        keys = image_embedding.flatten(2).permute(0, 2, 1)
+        image_pe = image_pe.flatten(2).permute(0, 2, 1)
+        queries = point_embedding
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, point_embedding, image_pe)
+        q, k = queries + point_embedding, keys + image_pe
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q=q, k=k, v=keys))
+        return queries, keys
+
+
+class SemanticMaskDecoder(nn.Module):
+    """Class-query SAM decoder: image embedding [B, C, h, w] -> class logits [B, K, H, W]."""
+
+    def __init__(self, transformer_dim: int, num_classes: int, depth: int = 2, num_heads: int = 8,
+                 mlp_dim: int = 2048) -> None:
+        super().__init__()
+        self.pe_layer = PositionEmbeddingRandom(transformer_dim // 2)
+        # SAM adds this learned "no mask prompt" embedding to every image token; kept so the
+        # transformer sees the input distribution it was trained on.
+        self.no_mask_embed = nn.Embedding(1, transformer_dim)
+        self.class_tokens = nn.Embedding(num_classes, transformer_dim)
+        self.transformer = TwoWayTransformer(depth, transformer_dim, num_heads, mlp_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        # One hypernetwork shared by all classes (the class token carries the identity),
+        # initialised from SAM's first mask-token MLP.
+        self.output_hypernetwork = MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+
+    def forward(self, image_embedding: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        b, c, h, w = image_embedding.shape
+        src = image_embedding + self.no_mask_embed.weight.reshape(1, c, 1, 1)
+        pos = self.pe_layer((h, w)).unsqueeze(0).expand(b, -1, -1, -1)
+        tokens = self.class_tokens.weight.unsqueeze(0).expand(b, -1, -1)
+        class_out, src = self.transformer(src, pos, tokens)
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper = self.output_hypernetwork(class_out)  # [B, K, C/8]
+        _, cu, hu, wu = upscaled.shape
+        logits = (hyper @ upscaled.reshape(b, cu, hu * wu)).reshape(b, -1, hu, wu)
+        return F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+
+
+class AuxiliaryHead(nn.Module):
+    """Simple feature pyramid (ViTDet style) over token maps of intermediate encoder blocks.
+
+    Level i of n is resampled to stride 16 / 2**(n-2-i) (4, 8, 16, 32 for n = 4), merged
+    top-down like an FPN, and classified at the finest level, then upsampled to the input.
+    """
+
+    def __init__(self, in_dim: int, num_levels: int, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.levels = nn.ModuleList()
+        for i in range(num_levels):
+            log_scale = num_levels - 2 - i  # upsample by 2**log_scale (negative: downsample)
+            layers: list[nn.Module] = [nn.Conv2d(in_dim, dim, kernel_size=1, bias=False), LayerNorm2d(dim)]
+            for _ in range(max(log_scale, 0)):
+                layers += [nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2), nn.GELU()]
+            if log_scale < 0:
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            self.levels.append(nn.Sequential(*layers))
+        self.smooth = nn.Sequential(nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False), LayerNorm2d(dim),
+                                    nn.GELU())
+        self.classifier = nn.Conv2d(dim, num_classes, kernel_size=1)
+        nn.init.normal_(self.classifier.weight, std=1.0 / math.sqrt(dim))
+
+    def forward(self, features: list[torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:
+        """features: token maps [B, h, w, in_dim], finest level first."""
+        pyramid = [level(f.permute(0, 3, 1, 2)) for level, f in zip(self.levels, features, strict=True)]
+        merged = pyramid[-1]
+        for finer in reversed(pyramid[:-1]):
+            merged = finer + F.interpolate(merged, size=finer.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.classifier(self.smooth(merged))
+        return F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)

@@ -1,0 +1,69 @@
+"""Mixture of LoRA experts on the fused qkv projection of a SAM attention block.
+
+MLE-SAM adds one low-rank expert per modality to the query and value projections and keeps
+SAM's weight frozen. All modalities run as one batch through the shared encoder, so the expert
+is chosen by position in the batch: samples are ordered (b, m) and sample i uses expert i % M.
+The experts are applied with one batched matmul over a [B, M, N, C] view of the tokens,
+never a Python loop over modalities, so the exported graph is a handful of static ops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MoELoRAQKV(nn.Module):
+    """`qkv` Linear (dim -> 3*dim) with per-modality LoRA experts on q and v.
+
+    `weight` and `bias` keep the names of SAM's `attn.qkv` so official checkpoints load as is.
+    Experts: A [M, dim, rank] (Kaiming), B [M, rank, dim] (zero, so a fresh model is exactly
+    frozen SAM), delta = x @ A_m @ B_m * alpha / rank. `num_experts=0` is a plain Linear.
+    """
+
+    def __init__(self, dim: int, num_experts: int = 0, rank: int = 8, alpha: float = 8.0,
+                 bias: bool = True) -> None:
+        super().__init__()
+        self.dim = dim
+        self.num_experts = num_experts
+        self.weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.bias = nn.Parameter(torch.zeros(3 * dim)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if num_experts > 0:
+            self.scale = alpha / rank
+            self.lora_a_q = nn.Parameter(torch.empty(num_experts, dim, rank))
+            self.lora_b_q = nn.Parameter(torch.zeros(num_experts, rank, dim))
+            self.lora_a_v = nn.Parameter(torch.empty(num_experts, dim, rank))
+            self.lora_b_v = nn.Parameter(torch.zeros(num_experts, rank, dim))
+            for a in (self.lora_a_q, self.lora_a_v):
+                # Same init as nn.Linear / peft's LoRA A, per expert (fan_in = dim).
+                for expert in a.data:
+                    nn.init.kaiming_uniform_(expert.T, a=math.sqrt(5))
+
+    def expert_parameters(self) -> list[nn.Parameter]:
+        if self.num_experts == 0:
+            return []
+        return [self.lora_a_q, self.lora_b_q, self.lora_a_v, self.lora_b_v]
+
+    def forward(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """x: [S, ..., dim] where the rows of each of the `num_samples` images are contiguous
+        (e.g. its attention windows), images ordered (b, m)."""
+        out = F.linear(x, self.weight, self.bias)
+        if self.num_experts == 0:
+            return out
+        grouped = x.reshape(num_samples // self.num_experts, self.num_experts, -1, self.dim)
+        # [B, M, N, dim] @ [M, dim, 2r] @ [M, 2r, 3*dim]: q and v experts in one pass, the
+        # block matrix (B_q | 0 | 0 ; 0 | 0 | B_v) is tiny, the token tensors are touched once.
+        a = torch.cat([self.lora_a_q, self.lora_a_v], dim=-1)
+        zeros = torch.zeros_like(self.lora_b_q)
+        b = torch.cat([torch.cat([self.lora_b_q, zeros, zeros], dim=-1),
+                       torch.cat([zeros, zeros, self.lora_b_v], dim=-1)], dim=1)
+        delta = (grouped @ a) @ (b * self.scale)
+        return out + delta.reshape(out.shape)
+
+    def extra_repr(self) -> str:
+        rank = self.lora_a_q.shape[-1] if self.num_experts else 0
+        return f"dim={self.dim}, experts={self.num_experts}, rank={rank}"
