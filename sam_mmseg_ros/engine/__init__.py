@@ -1,1 +1,165 @@
+"""Inference engines behind one Backend protocol (DESIGN.md §3): TensorRT on the vehicle, ONNX
+Runtime (GPU, then CPU) where TensorRT is missing, torch as the last resort and the reference.
 
+`create_backend("auto", ...)` is what the node and the evaluation call. Backend modules are
+imported inside it, so `import sam_mmseg_ros.engine` loads neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sam_mmseg_ros.engine.base import Backend
+
+LOG = logging.getLogger(__name__)
+
+CANDIDATES = ("tensorrt", "onnxruntime-gpu", "onnxruntime-cpu", "torch")
+KINDS: dict[str, tuple[str, ...]] = {
+    "auto": CANDIDATES,
+    "tensorrt": ("tensorrt",),
+    "onnxruntime": ("onnxruntime-gpu", "onnxruntime-cpu"),
+    "onnxruntime-gpu": ("onnxruntime-gpu",),
+    "onnxruntime-cpu": ("onnxruntime-cpu",),
+    "torch": ("torch",),
+}
+"""Backend kinds a caller may ask for, and the candidates each one tries, best first."""
+
+_FALLBACK_ERRORS = (ImportError, OSError, RuntimeError, ValueError)
+"""What makes a candidate unavailable (missing package or GPU, provider that failed to load,
+engine that must not be built...). Anything else is a bug and propagates."""
+
+
+class BackendUnavailable(RuntimeError):
+    """No candidate backend could be created; the message lists every reason."""
+
+
+@dataclass
+class _Request:
+    checkpoint: str | os.PathLike | None
+    onnx_path: str | os.PathLike | None
+    engine_path: str | os.PathLike | None
+    precision: str
+    device: str | None
+    input_size: tuple[int, int] | None
+    allow_build: bool
+    cache_dir: Path
+    log: logging.Logger
+
+    @property
+    def device_index(self) -> int:
+        return int(self.device.split(":")[1]) if self.device and ":" in self.device else 0
+
+    def wants_cpu(self) -> bool:
+        return self.device == "cpu"
+
+    def onnx(self, precision: str) -> Path:
+        """The ONNX file to run: the one given, else this checkpoint's cached export."""
+        if self.onnx_path is not None:
+            return Path(self.onnx_path)
+        from sam_mmseg_ros.engine.export import cached_export
+
+        return cached_export(self.checkpoint, self.cache_dir, precision=precision, input_size=self.input_size)
+
+
+def _tensorrt(req: _Request) -> Backend:
+    if req.wants_cpu():
+        raise RuntimeError("device='cpu' was requested")
+    from sam_mmseg_ros.engine.tensorrt_backend import TensorRTBackend, probe
+
+    probe(req.device_index)  # before any export: fail fast without TensorRT or a GPU
+    if req.engine_path is not None and req.onnx_path is None and req.checkpoint is None:
+        return TensorRTBackend.from_engine(req.engine_path, device_index=req.device_index, logger=req.log)
+    return TensorRTBackend.from_onnx(req.onnx(req.precision), engine_path=req.engine_path, cache_dir=req.cache_dir,
+                                     allow_build=req.allow_build, device_index=req.device_index, logger=req.log)
+
+
+def _onnxruntime(req: _Request, device: str) -> Backend:
+    from sam_mmseg_ros.engine.onnxruntime_backend import (
+        OnnxRuntimeBackend,
+        ProviderUnavailable,
+        available_devices,
+    )
+
+    if device == "gpu":
+        if req.wants_cpu():
+            raise RuntimeError("device='cpu' was requested")
+        if not set(available_devices()) & {"tensorrt", "cuda"}:
+            raise ProviderUnavailable("the installed onnxruntime has no CUDA or TensorRT execution provider")
+        precision = req.precision
+    else:
+        # fp16 buys nothing on CPU: ONNX Runtime wraps most fp16 ops in casts to fp32 there.
+        precision = "fp32"
+        if req.precision != "fp32" and req.onnx_path is None:
+            req.log.info("ONNX Runtime on CPU runs the fp32 export (fp16 is slower on CPU)")
+    if req.onnx_path is None and req.engine_path is not None and req.checkpoint is None:
+        raise RuntimeError("only a TensorRT engine was given; ONNX Runtime needs the ONNX file or the checkpoint")
+    return OnnxRuntimeBackend(req.onnx(precision), device, cache_dir=req.cache_dir, logger=req.log)
+
+
+def _torch(req: _Request) -> Backend:
+    if req.checkpoint is None and (req.onnx_path is not None or req.engine_path is not None):
+        raise RuntimeError("only an ONNX/engine file was given; torch needs the checkpoint it came from")
+    import torch
+
+    from sam_mmseg_ros.engine.torch_backend import TorchBackend
+
+    device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = req.precision if device.startswith("cuda") else "fp32"
+    return TorchBackend.from_checkpoint(req.checkpoint, device, precision)
+
+
+_CREATORS = {
+    "tensorrt": _tensorrt,
+    "onnxruntime-gpu": lambda req: _onnxruntime(req, "gpu"),
+    "onnxruntime-cpu": lambda req: _onnxruntime(req, "cpu"),
+    "torch": _torch,
+}
+
+
+def create_backend(kind: str = "auto", *, checkpoint: str | os.PathLike | None = None,
+                   onnx_path: str | os.PathLike | None = None, engine_path: str | os.PathLike | None = None,
+                   precision: str = "fp16", device: str | None = None, input_size: tuple[int, int] | None = None,
+                   allow_build: bool = True, cache_dir: str | os.PathLike | None = None,
+                   logger: logging.Logger | None = None) -> Backend:
+    """The best usable backend of `kind` (see KINDS), logging the choice and, for `auto`, why
+    each better candidate was unavailable.
+
+    Model source, in order: `engine_path` (TensorRT), `onnx_path`, else `checkpoint` (None: the
+    shipped model, or a random untrained one), exported once into `cache_dir/onnx/`.
+    `precision` applies to GPU backends; CPU backends run fp32. `device`: None (best), "cpu",
+    "cuda" or "cuda:N". `allow_build=False` makes a missing or stale TensorRT engine an
+    error (a reason to fall back, for `auto`) instead of a build of several minutes.
+    """
+    from sam_mmseg_ros.engine.engine_cache import default_cache_dir
+
+    if kind not in KINDS:
+        raise ValueError(f"backend kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    log = logger or LOG
+    req = _Request(checkpoint, onnx_path, engine_path, precision, device,
+                   tuple(int(v) for v in input_size) if input_size else None, allow_build,
+                   Path(cache_dir) if cache_dir is not None else default_cache_dir(), log)
+    candidates = KINDS[kind]
+    skipped: list[str] = []
+    for candidate in candidates:
+        try:
+            backend = _CREATORS[candidate](req)
+            if req.input_size and tuple(backend.input_shape[-2:]) != req.input_size:
+                raise ValueError(f"model input is {tuple(backend.input_shape[-2:])}, {req.input_size} was requested")
+        except _FALLBACK_ERRORS as exc:
+            if len(candidates) == 1:
+                raise
+            skipped.append(f"{candidate}: {exc}")
+            log.warning("backend %s unavailable: %s", candidate, exc)
+            continue
+        log.info("inference backend: %s (%s, input %s)%s", backend.name, backend.precision, backend.input_shape,
+                 "; better ones skipped: " + " | ".join(skipped) if skipped else "")
+        return backend
+    raise BackendUnavailable(f"no {kind} backend could be created:\n  " + "\n  ".join(skipped))
+
+
+__all__ = ["KINDS", "Backend", "BackendUnavailable", "create_backend"]
