@@ -1,0 +1,44 @@
+"""Replay a rosbag2 with /clock into the sam_mmseg node (sim time) and RViz.
+
+    ros2 launch sam_mmseg_ros replay_eval.launch.py bag:=/data/drive_01 checkpoint:=/path/model.pt
+"""
+
+from launch.actions import (
+    DeclareLaunchArgument,
+    ExecuteProcess,
+    IncludeLaunchDescription,
+    SetEnvironmentVariable,
+)
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+from sam_mmseg_ros.ros.dds import PROFILE_VARIABLE, dds_environment
+
+PACKAGE = "sam_mmseg_ros"
+
+
+def generate_launch_description():
+    share = FindPackageShare(PACKAGE).find(PACKAGE)
+    node = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(f"{share}/launch/sam_mmseg.launch.py"),
+        launch_arguments={"use_sim_time": "true", "rviz": LaunchConfiguration("rviz"),
+                          "checkpoint": LaunchConfiguration("checkpoint"),
+                          "backend": LaunchConfiguration("backend")}.items())
+    # `sam-mmseg replay` publishes the bag with its original timing and /clock, over the same
+    # Fast DDS profile as the node.
+    dds = dds_environment()
+    replay = ExecuteProcess(cmd=["sam-mmseg", "replay", LaunchConfiguration("bag"), "--rate",
+                                 LaunchConfiguration("rate")], output="screen")
+    return LaunchDescription([
+        DeclareLaunchArgument("bag", description="rosbag2 folder to replay"),
+        DeclareLaunchArgument("rate", default_value="1.0"),
+        DeclareLaunchArgument("checkpoint", default_value=""),
+        DeclareLaunchArgument("backend", default_value=""),
+        DeclareLaunchArgument("rviz", default_value="true"),
+        SetEnvironmentVariable(PROFILE_VARIABLE, dds[PROFILE_VARIABLE]),
+        SetEnvironmentVariable("RMW_IMPLEMENTATION", dds["RMW_IMPLEMENTATION"]),
+        node,
+        replay,
+    ])

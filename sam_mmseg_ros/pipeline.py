@@ -1,0 +1,95 @@
+"""The per-frame stages shared by the live node and offline evaluation: encode → infer → postprocess.
+
+Both call `SegmentationPipeline.run` on a `FrameBundle`, so a bag evaluated offline gives the same
+labels as the node fed by a replay of that bag. Nothing here imports ROS.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sam_mmseg_ros.contracts import MODALITIES, FrameBundle
+from sam_mmseg_ros.sensors.preprocess import PreprocessConfig, allocate_images, preprocess
+
+
+@dataclass
+class FrameResult:
+    """Everything the node publishes for one camera frame (all at camera resolution)."""
+
+    stamp_ns: int
+    frame_id: str
+    labels: np.ndarray  # uint8 [H, W] class ids
+    confidence: np.ndarray  # float32 [H, W] max softmax probability
+    router_weights: np.ndarray  # float32 [M], MODALITIES order
+    health: dict  # modality -> health.ModalityHealth
+    painted: tuple[np.ndarray, np.ndarray] | None  # (xyz [K, 3] camera frame, labels [K]) or None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # modality -> why it could not be encoded
+    rgb: np.ndarray | None = None  # uint8 [H, W, 3], the camera image the labels belong to
+
+
+def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of the leading two axes by index gathering (pixel centres kept),
+    so class ids are never blended."""
+    h, w = array.shape[:2]
+    if (h, w) == (height, width):
+        return array
+    rows = np.minimum(((np.arange(height) + 0.5) * (h / height)).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * (w / width)).astype(np.intp), w - 1)
+    return array[rows[:, None], cols[None, :]]
+
+
+def transform_points(T: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 rigid transform to [N, 3] points."""
+    T = np.asarray(T, np.float64)
+    return (np.asarray(xyz, np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+
+
+class SegmentationPipeline:
+    """Runs one camera frame through preprocessing, the backend and postprocessing.
+
+    `preprocess_config` may be replaced between frames (e.g. when tf2 updates T_camera_lidar).
+    """
+
+    def __init__(self, backend, preprocess_config: PreprocessConfig, health_monitor):
+        self.backend = backend
+        self.preprocess_config = preprocess_config
+        self.health_monitor = health_monitor
+        self._images: np.ndarray | None = None  # model input buffer, reused: infer is synchronous
+
+    def run(self, bundle: FrameBundle, now_ns: int, paint: bool = True) -> FrameResult:
+        """Segment `bundle`. `paint=False` skips the painted LiDAR cloud (nobody subscribes)."""
+        t0 = time.perf_counter()
+        size = tuple(self.preprocess_config.input_size)
+        if self._images is None or self._images.shape[-2:] != size:
+            self._images = allocate_images(size)
+        encoded = preprocess(bundle, self.preprocess_config, out=self._images)
+        errors = dict(encoded.errors)
+        t1 = time.perf_counter()
+        out = self.backend.infer(encoded.model_input.images, encoded.model_input.modality_mask)
+        t2 = time.perf_counter()
+
+        rgb = encoded.rgb_uint8  # None when the camera image itself could not be encoded
+        height, width = (rgb if rgb is not None else bundle.rgb.array).shape[:2]
+        labels = resize_nearest(np.asarray(out["labels"])[0], height, width).astype(np.uint8)
+        confidence = resize_nearest(np.asarray(out["confidence"])[0], height, width).astype(np.float32)
+        router_weights = np.asarray(out["router_weights"], np.float32).reshape(-1)[: len(MODALITIES)]
+
+        painted = None
+        projected = encoded.projected_lidar
+        if paint and projected is not None and bundle.lidar is not None:
+            index = np.asarray(projected.index)
+            xyz = transform_points(self.preprocess_config.T_camera_lidar, bundle.lidar.xyz[index])
+            painted = (xyz, labels[np.asarray(projected.row), np.asarray(projected.col)])
+
+        for modality, reason in errors.items():
+            self.health_monitor.mark_invalid(modality, reason, now_ns)
+        health = self.health_monitor.update(bundle, encoded.measurements, now_ns, router_weights)
+        t3 = time.perf_counter()
+        timings = {"encode": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3,
+                   "postprocess": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
+        return FrameResult(bundle.stamp_ns, bundle.frame_id, labels, confidence, router_weights, health,
+                           painted, timings, errors, rgb)

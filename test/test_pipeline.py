@@ -1,0 +1,124 @@
+"""SegmentationPipeline: the stages the node and offline evaluation share, on numpy alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sam_mmseg_ros.contracts import MODALITIES, EventArray, FrameBundle, ImageData, PointCloud
+from sam_mmseg_ros.health import HealthMonitor, HealthThresholds
+from sam_mmseg_ros.pipeline import FrameResult, SegmentationPipeline, resize_nearest, transform_points
+from sam_mmseg_ros.sensors.camera import CameraModel
+from sam_mmseg_ros.sensors.preprocess import PreprocessConfig
+
+H, W = 48, 64  # camera
+INPUT = (16, 16)  # model
+
+
+class StripesBackend:
+    """Labels = 4 vertical stripes of the model input (class = stripe index), so the upsampling to
+    camera resolution is checkable; router weights = the mask normalized."""
+
+    name, precision = "stripes", "fp32"
+    input_shape = (1, len(MODALITIES), 3, *INPUT)
+    metadata = {"trained": False}
+
+    def __init__(self):
+        self.masks = []
+
+    def infer(self, images, modality_mask):
+        assert images.shape == self.input_shape and images.dtype == np.float32
+        self.masks.append(modality_mask.copy())
+        cols = np.arange(INPUT[1]) * 4 // INPUT[1]
+        labels = np.broadcast_to(cols, INPUT)[None].astype(np.int32)
+        weights = modality_mask / modality_mask.sum()
+        return {"labels": labels, "confidence": np.full((1, *INPUT), 0.75, np.float32),
+                "router_weights": weights.astype(np.float32)}
+
+
+def make_bundle(stamp_ns: int = 10**18, camera: bool = True) -> FrameBundle:
+    rng = np.random.default_rng(0)
+    cam = CameraModel.from_fov(W, H, 90.0, "cam")
+    rgb = rng.integers(40, 200, (H, W, 3), dtype=np.uint8)
+    depth = np.full((H, W), 8.0, np.float32)
+    n = 400
+    events = EventArray(rng.integers(0, W, n), rng.integers(0, H, n),
+                        stamp_ns - rng.integers(0, 40_000_000, n).astype(np.int64),
+                        rng.choice(np.array([-1, 1], np.int8), n), W, H)
+    # LiDAR frame = camera frame shifted 1 m back: a grid 10 m ahead covering the view.
+    xs, ys = np.meshgrid(np.linspace(-9, 9, 40), np.linspace(-6, 6, 30))
+    xyz = np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, 11.0)], axis=1).astype(np.float32)
+    xyz = np.vstack([xyz, [[0.0, 0.0, -5.0]]]).astype(np.float32)  # one point behind the camera
+    return FrameBundle(stamp_ns, "cam", rgb=ImageData(rgb, "rgb8"), depth=ImageData(depth, "32FC1"),
+                       event=events, lidar=PointCloud(xyz, None, "lidar"), camera=cam if camera else None,
+                       stamps=dict.fromkeys(MODALITIES, stamp_ns))
+
+
+def make_pipeline() -> SegmentationPipeline:
+    T = np.eye(4)
+    T[2, 3] = -1.0  # camera = lidar - 1 m in z
+    config = PreprocessConfig(input_size=INPUT, depth_encoding="inverse", T_camera_lidar=T)
+    return SegmentationPipeline(StripesBackend(), config, HealthMonitor(HealthThresholds(min_points_in_image=10)))
+
+
+def test_resize_nearest_keeps_class_ids_and_pixel_centres():
+    small = np.array([[0, 1], [2, 3]], np.uint8)
+    big = resize_nearest(small, 4, 6)
+    assert big.dtype == np.uint8 and big.shape == (4, 6)
+    np.testing.assert_array_equal(big, [[0, 0, 0, 1, 1, 1]] * 2 + [[2, 2, 2, 3, 3, 3]] * 2)
+    assert resize_nearest(small, 2, 2) is small
+
+
+def test_run_returns_camera_resolution_outputs_and_health():
+    pipeline = make_pipeline()
+    result = pipeline.run(make_bundle(), now_ns=10**18 + 5_000_000)
+    assert isinstance(result, FrameResult)
+    assert result.stamp_ns == 10**18 and result.frame_id == "cam"
+    assert result.labels.shape == (H, W) and result.labels.dtype == np.uint8
+    np.testing.assert_array_equal(result.labels[0], np.arange(W) * 4 // W)  # stripes, nearest
+    assert result.confidence.shape == (H, W) and result.confidence.dtype == np.float32
+    np.testing.assert_allclose(result.router_weights, [0.25] * 4)
+    assert result.rgb.shape == (H, W, 3)
+    assert set(result.health) == set(MODALITIES)
+    assert {m: h.state for m, h in result.health.items()} == dict.fromkeys(MODALITIES, "ok")
+    assert result.health["lidar"].router_weight == pytest.approx(0.25)
+    assert set(result.timings_ms) == {"encode", "infer", "postprocess", "total"}
+    assert all(v >= 0 for v in result.timings_ms.values()) and not result.errors
+
+
+def test_painted_points_are_in_the_camera_frame_with_the_label_underneath():
+    pipeline = make_pipeline()
+    bundle = make_bundle()
+    xyz, labels = pipeline.run(bundle, now_ns=bundle.stamp_ns).painted
+    assert len(xyz) == len(labels) == len(bundle.lidar) - 1  # the point behind the camera is dropped
+    np.testing.assert_allclose(xyz[:, 2], 10.0, atol=1e-5)  # 11 m in the LiDAR frame, camera 1 m ahead
+    u, _, _, _ = bundle.camera.project(xyz)
+    col = np.clip(np.round(u).astype(int), 0, W - 1)
+    np.testing.assert_array_equal(labels, col * 4 // W)
+    assert pipeline.run(bundle, now_ns=bundle.stamp_ns, paint=False).painted is None
+
+
+def test_lidar_without_camera_info_is_invalid_and_the_rest_goes_on():
+    pipeline = make_pipeline()
+    result = pipeline.run(make_bundle(camera=False), now_ns=10**18)
+    assert "camera_info" in result.errors["lidar"]
+    assert result.health["lidar"].state == "invalid" and "camera_info" in result.health["lidar"].reason
+    assert result.painted is None
+    assert pipeline.backend.masks[-1][0, MODALITIES.index("lidar")] == 0
+    assert result.router_weights[MODALITIES.index("lidar")] == 0
+    assert result.health["rgb"].state == "ok" and result.labels.shape == (H, W)
+
+
+def test_absent_modality_gets_weight_zero_and_its_reason():
+    pipeline = make_pipeline()
+    bundle = make_bundle()
+    bundle.depth = None
+    bundle.absent["depth"] = "stale: nearest depth is 300 ms from the camera stamp (tolerance 100 ms)"
+    result = pipeline.run(bundle, now_ns=bundle.stamp_ns)
+    assert result.router_weights[MODALITIES.index("depth")] == 0
+    assert result.health["depth"].state == "stale" and "300 ms" in result.health["depth"].reason
+
+
+def test_transform_points_applies_rotation_then_translation():
+    T = np.array([[0, -1, 0, 1], [0, 0, -1, 2], [1, 0, 0, 3], [0, 0, 0, 1]], float)
+    np.testing.assert_allclose(transform_points(T, np.array([[10.0, 1.0, 2.0]])), [[0.0, 0.0, 13.0]])
