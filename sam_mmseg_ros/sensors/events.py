@@ -1,0 +1,154 @@
+"""Event-camera encoder: an event window -> 3-channel image in [0, 1] at the model input size.
+
+Polarity frame (`event_frame`, the default), laid out like the CARLA DVS renders DELIVER's
+event images come from (red = darker, blue = brighter):
+
+| ch | meaning | scaling |
+|----|---------|---------|
+| 0 | negative (darker) events per pixel | min(count, 4) / 4 |
+| 1 | unused, as in DELIVER | 0 |
+| 2 | positive (brighter) events per pixel | min(count, 4) / 4 |
+
+Counts saturate at `EVENT_COUNT_SATURATION` so that a few very active pixels (flicker, hot
+pixels) do not push every other event towards zero, as a per-frame maximum would.
+
+Voxel grid (`event_representation="voxel"`): 3 time bins, events spread bilinearly in time
+and weighted by polarity, mapped to 0.5 + 0.5 * clip(sum / 4, -1, 1) (0.5 = no event).
+
+The event sensor may have another resolution than the model input (and the RGB camera): sensor
+pixel (x, y) goes to input pixel floor((x + 0.5) * W / width), same for rows, so the whole
+sensor maps onto the whole input. Accumulation is one vectorized np.add.at (no Python loop).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sam_mmseg_ros.contracts import EventArray, ImageData, InputError
+from sam_mmseg_ros.sensors.rgb import rgb_to_uint8
+
+EVENT_COUNT_SATURATION = 4.0
+EVENT_REPRESENTATIONS = ("polarity", "voxel")
+EVENT_IMAGE_ENCODINGS = ("mono8", "rgb8", "bgr8")
+VOXEL_BINS = 3
+
+
+def event_pixels(events: EventArray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(flat pixel index at `size`, mask of the events kept): events outside the sensor drop."""
+    _check_events(events)
+    h, w = size
+    x = np.asarray(events.x, np.int64)
+    y = np.asarray(events.y, np.int64)
+    inside = (x >= 0) & (x < events.width) & (y >= 0) & (y < events.height)
+    if not inside.all():
+        x, y = x[inside], y[inside]
+    col = (2 * x + 1) * w // (2 * events.width)
+    row = (2 * y + 1) * h // (2 * events.height)
+    return row * w + col, inside
+
+
+def event_frame(events: EventArray, size: tuple[int, int] = (512, 512),
+                count_saturation: float = EVENT_COUNT_SATURATION,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """Polarity frame float32 [3, H, W] in [0, 1] (channels in the module docstring)."""
+    h, w = size
+    flat, inside = event_pixels(events, size)
+    positive = np.asarray(events.polarity)[inside] > 0
+    if out is None:
+        out = np.empty((3, h, w), np.float32)
+    elif not out.flags.c_contiguous:
+        raise ValueError("event_frame needs a C-contiguous output buffer")
+    # Each event adds 1 / saturation to its pixel in channel 0 (negative) or 2 (positive), then
+    # the frame is clipped at 1. np.add.at into the float32 output measured 1.6 ms at 1024x1024
+    # against 11 ms for np.bincount, whose int64 [2, H, W] histogram is 16 MB to fill and read.
+    out.fill(0.0)
+    np.add.at(out.reshape(-1), flat + positive * (2 * h * w), np.float32(1.0 / count_saturation))
+    np.minimum(out, 1.0, out=out)
+    return out
+
+
+def voxel_grid(events: EventArray, bins: int = VOXEL_BINS,
+               size: tuple[int, int] = (512, 512)) -> np.ndarray:
+    """Polarity-weighted voxel grid float32 [bins, H, W]: each event splits its polarity between
+    the two nearest time bins (bilinear in time), so the grid sums to the polarity sum."""
+    h, w = size
+    flat, inside = event_pixels(events, size)
+    grid = np.zeros(bins * h * w, np.float64)
+    if flat.size:
+        t = np.asarray(events.t_ns, np.int64)[inside]
+        polarity = np.where(np.asarray(events.polarity)[inside] > 0, 1.0, -1.0)  # as event_frame
+        t0, t1 = int(t.min()), int(t.max())
+        position = (t - t0) * ((bins - 1) / (t1 - t0)) if t1 > t0 else np.zeros(t.shape)
+        lower = np.minimum(np.floor(position).astype(np.int64), bins - 1)
+        upper_weight = position - lower
+        upper = np.minimum(lower + 1, bins - 1)
+        grid += np.bincount(lower * (h * w) + flat, polarity * (1 - upper_weight), bins * h * w)
+        grid += np.bincount(upper * (h * w) + flat, polarity * upper_weight, bins * h * w)
+    return grid.astype(np.float32).reshape(bins, h, w)
+
+
+def encode_events(data: EventArray | ImageData, size: tuple[int, int] = (512, 512),
+                  window_s: float | None = None, representation: str = "polarity",
+                  out: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """float32 [3, H, W] in [0, 1] plus stats `event_count` and `event_rate_hz`.
+
+    `window_s` is the length of the accumulation window (the rate is count / window_s; without
+    it, the span of the event timestamps). An ImageData is an event frame accumulated
+    upstream (mono8 replicated to 3 channels, rgb8/bgr8 as RGB), max-pooled to `size` so that
+    isolated events survive; its `event_count` is the number of pixels with any event.
+    """
+    if representation not in EVENT_REPRESENTATIONS:
+        raise ValueError(f"unknown event representation '{representation}' "
+                         f"(use {' or '.join(EVENT_REPRESENTATIONS)})")
+    if isinstance(data, ImageData):
+        return _encode_event_image(data, size, window_s, out)
+    if representation == "polarity":
+        frame = event_frame(data, size, out=out)
+    else:
+        grid = voxel_grid(data, VOXEL_BINS, size)
+        frame = out if out is not None else np.empty((VOXEL_BINS, *size), np.float32)
+        np.clip(grid * np.float32(0.5 / EVENT_COUNT_SATURATION), -0.5, 0.5, out=frame)
+        frame += 0.5
+    count = len(data)
+    return frame, {"event_count": float(count), "event_rate_hz": _rate(count, data.t_ns, window_s)}
+
+
+def _encode_event_image(image: ImageData, size: tuple[int, int], window_s: float | None,
+                        out: np.ndarray | None) -> tuple[np.ndarray, dict[str, float]]:
+    if image.encoding not in EVENT_IMAGE_ENCODINGS:
+        raise InputError(f"unsupported event image encoding '{image.encoding}' "
+                         f"(supported: {', '.join(EVENT_IMAGE_ENCODINGS)})")
+    rgb = rgb_to_uint8(image)
+    active = int(np.count_nonzero(rgb.max(axis=2)))
+    h, w = size
+    H, W = rgb.shape[:2]
+    if H % h == 0 and W % w == 0:
+        small = rgb.reshape(h, H // h, w, W // w, 3).max(axis=(1, 3))
+    else:
+        rows = ((np.arange(h) + 0.5) * (H / h)).astype(np.intp)
+        cols = ((np.arange(w) + 0.5) * (W / w)).astype(np.intp)
+        small = rgb[rows[:, None], cols[None, :]]
+    if out is None:
+        out = np.empty((3, h, w), np.float32)
+    np.multiply(small.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=out)
+    rate = active / window_s if window_s else 0.0
+    return out, {"event_count": float(active), "event_rate_hz": float(rate)}
+
+
+def _rate(count: int, t_ns: np.ndarray, window_s: float | None) -> float:
+    if window_s:
+        return count / window_s
+    if count < 2:
+        return 0.0
+    span_s = (int(np.max(t_ns)) - int(np.min(t_ns))) * 1e-9
+    return count / span_s if span_s > 0 else 0.0
+
+
+def _check_events(events: EventArray) -> None:
+    if events.width <= 0 or events.height <= 0:
+        raise InputError(f"event sensor has invalid size {events.width}x{events.height}")
+    n = len(events)
+    lengths = {len(events.x), len(events.y), len(events.polarity)}
+    if lengths != {n}:
+        raise InputError(f"event arrays have different lengths: x {len(events.x)}, y {len(events.y)}, "
+                         f"t {n}, polarity {len(events.polarity)}")
