@@ -131,11 +131,12 @@ class FrameFeeder:
     """
 
     def __init__(self, settings: NodeSettings, health: HealthMonitor | None = None,
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None, info: Callable[[str], None] | None = None):
         self.settings = settings
         self.assembler = FrameAssembler(settings.sync)
         self.health = health or HealthMonitor(settings.thresholds, settings.enabled)
         self.warn = warn or log.warning
+        self.info = info or log.info
         self.camera_size: tuple[int, int] | None = None  # (width, height) of the last RGB image
         self.input_errors: dict[str, str] = {}  # kind -> last decode problem
         self.ignored: set[str] = set()  # kinds the node would not receive (disabled, other type)
@@ -180,6 +181,7 @@ class FrameFeeder:
             self._note_problem("camera_info", str(exc))
             return
         self.input_errors.pop("camera_info", None)
+        self.camera_size = self.camera_size or (camera.width, camera.height)
         self.assembler.set_camera(camera)
 
     def receive_events(self, msg, now_ns: int) -> None:
@@ -203,7 +205,8 @@ class FrameFeeder:
             return None
         stamp = stamp_to_ns(msg.header.stamp)
         self.health.on_message(modality, stamp, now_ns)
-        self.input_errors.pop(modality, None)
+        if self.input_errors.pop(modality, None) is not None:
+            self.info(f"{modality}: decodes again")
         return Stamped(stamp, data, str(msg.header.frame_id))
 
     def _note_problem(self, kind: str, reason: str) -> None:

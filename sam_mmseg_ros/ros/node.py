@@ -27,25 +27,23 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from sam_mmseg_ros.contracts import INPUT_TOPICS, MODALITIES, NODE_NAME, InputError, Stamped
-from sam_mmseg_ros.health import HealthMonitor, HealthThresholds
+from sam_mmseg_ros.contracts import INPUT_TOPICS, MODALITIES, NODE_NAME, Stamped
+from sam_mmseg_ros.health import HealthThresholds
+from sam_mmseg_ros.ingest import (
+    FrameFeeder,
+    NodeSettings,
+    parameter_transform,
+    preprocess_config,
+    quaternion_matrix,
+)
 from sam_mmseg_ros.labels import PALETTE, colorize, overlay
 from sam_mmseg_ros.pipeline import SegmentationPipeline
 from sam_mmseg_ros.ros import diagnostics as diag
-from sam_mmseg_ros.ros.convert import (
-    array_to_pointcloud2,
-    camera_info_to_model,
-    image_to_numpy,
-    numpy_to_image,
-    pointcloud2_to_cloud,
-    pointcloud2_to_events,
-    stamp_to_ns,
-)
+from sam_mmseg_ros.ros.convert import array_to_pointcloud2, numpy_to_image
 from sam_mmseg_ros.ros.parameters import SPECS, check, descriptor, health_specs
-from sam_mmseg_ros.sensors.preprocess import PreprocessConfig
-from sam_mmseg_ros.sync import FrameAssembler, SyncConfig
+from sam_mmseg_ros.sync import SYNCED_MODALITIES
 
-OPTIONAL = ("depth", "event", "lidar")
+OPTIONAL = SYNCED_MODALITIES
 OUTPUTS = ("labels", "color", "overlay", "painted_points", "modality_health")
 
 
@@ -72,17 +70,6 @@ class LatestSlot:
             return item
 
 
-def quaternion_matrix(translation, xyzw) -> np.ndarray:
-    """4x4 transform from a translation and a (normalized here) x, y, z, w quaternion."""
-    x, y, z, w = np.asarray(xyzw, np.float64) / np.linalg.norm(xyzw)
-    T = np.eye(4)
-    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
-    T[:3, 3] = translation
-    return T
-
-
 def painted_cloud(xyz: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Structured points x, y, z, rgb (RViz's packed float), label for a PointCloud2."""
     points = np.zeros(len(labels), dtype=[("x", np.float32), ("y", np.float32), ("z", np.float32),
@@ -101,13 +88,19 @@ class SamMmsegNode(Node):
         self.specs = {s.name: s for s in SPECS + health_specs()}
         self._declare_parameters()
         p = self.param
-        self.enabled = {"rgb": True, **{m: bool(p(f"enable.{m}")) for m in OPTIONAL}}
-        # Last problem logged per input, so a bad stream is logged once, not every frame.
-        self._input_errors: dict[str, str] = {}  # decoding (callbacks)
+        # The callbacks' work (decode, health counts, buffering) is FrameFeeder's, the same code
+        # offline evaluation runs on bags, so a replayed bag gives the node the same frames.
+        self.feeder = FrameFeeder(NodeSettings.from_parameters(self._parameter_values()),
+                                  warn=lambda text: self.get_logger().warning(text),
+                                  info=lambda text: self.get_logger().info(text))
+        self.enabled = self.feeder.settings.enabled
+        # Both are thread-safe: callbacks on the executor thread fill them, the worker reads them.
+        self.assembler = self.feeder.assembler
+        self.health = self.feeder.health
+        # Last problem logged per stage, so a bad stream is logged once, not every frame.
         self._encode_errors: dict[str, str] = {}  # encoding (worker)
         self._frame_errors: dict[str, str] = {}
         self._states: dict[str, str] = {}
-        self._camera_size: tuple[int, int] | None = None  # (width, height)
         self._last_camera_monotonic: float | None = None
         self._last_health: dict = {}
         self._model_state = "loading model"
@@ -120,10 +113,7 @@ class SamMmsegNode(Node):
         self._slot = LatestSlot()
         self._stop = threading.Event()
 
-        # Both are thread-safe: callbacks on the executor thread fill them, the worker reads them.
-        self.assembler = FrameAssembler(self._sync_config())
-        self.health = HealthMonitor(self._health_thresholds(), self.enabled)
-        self.T_camera_lidar = self._parameter_transform()
+        self.T_camera_lidar = parameter_transform(self._parameter_values())
         self._tf = self._make_tf_buffer() if p("use_tf") else None
 
         self._create_publishers()
@@ -142,6 +132,9 @@ class SamMmsegNode(Node):
             return self.get_parameter(name).value
         except ParameterUninitializedException:
             return None
+
+    def _parameter_values(self) -> dict:
+        return {name: self.param(name) for name in self.specs}
 
     def _declare_parameters(self) -> None:
         problems = []
@@ -175,25 +168,10 @@ class SamMmsegNode(Node):
             self.health.thresholds = self._health_thresholds()
         self.get_logger().info(f"parameters changed: {', '.join(sorted(names))}")
 
-    def _sync_config(self) -> SyncConfig:
-        p = self.param
-        return SyncConfig(tolerance_ms={m: float(p(f"sync.tolerance_ms.{m}")) for m in OPTIONAL},
-                          event_window_ms=float(p("event_window_ms")),
-                          buffer_size=dict.fromkeys(OPTIONAL, int(p("sync.buffer_size"))),
-                          enabled={m: self.enabled[m] for m in OPTIONAL},
-                          reset_on_backwards_s=float(p("sync.reset_on_backwards_s")))
-
     def _health_thresholds(self, overrides: dict | None = None) -> HealthThresholds:
         values = {n[len("health."):]: self.param(n) for n in self.specs if n.startswith("health.")}
         values.update(overrides or {})
         return HealthThresholds(**values)
-
-    def _parameter_transform(self) -> np.ndarray:
-        matrix = self.param("T_camera_lidar.matrix")
-        if matrix is not None:
-            return np.asarray(matrix, np.float64).reshape(4, 4)
-        return quaternion_matrix(self.param("T_camera_lidar.translation"),
-                                 self.param("T_camera_lidar.rotation_xyzw"))
 
     def _make_tf_buffer(self):
         """tf2 is optional: without tf2_ros the parameters are the only source of T_camera_lidar."""
@@ -250,22 +228,6 @@ class SamMmsegNode(Node):
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def _decode(self, modality: str, msg, decode):
-        """Run `decode(msg)`; a bad message marks the modality invalid and is logged once per
-        distinct problem, not once per frame."""
-        now = self._now_ns()
-        try:
-            data = decode(msg)
-        except InputError as exc:
-            self.health.mark_invalid(modality, str(exc), now)
-            self._log_problem(self._input_errors, modality, str(exc))
-            return None
-        stamp = stamp_to_ns(msg.header.stamp)
-        self.health.on_message(modality, stamp, now)
-        if self._input_errors.pop(modality, None) is not None:
-            self.get_logger().info(f"{modality}: decodes again")
-        return Stamped(stamp, data, msg.header.frame_id)
-
     def _log_problem(self, seen: dict[str, str], key: str, reason: str) -> None:
         """Log `reason` for `key` only when it differs from the last one logged."""
         if seen.get(key) != reason:
@@ -274,51 +236,21 @@ class SamMmsegNode(Node):
 
     def _on_rgb(self, msg: Image) -> None:
         self._last_camera_monotonic = time.monotonic()
-        stamped = self._decode("rgb", msg, image_to_numpy)
-        if stamped is None:
-            return
-        self._camera_size = (int(msg.width), int(msg.height))
-        if self._slot.put((stamped, msg.header)):
+        stamped = self.feeder.receive_camera(msg, self._now_ns())
+        if stamped is not None and self._slot.put((stamped, msg.header)):
             self._stats.dropped += 1
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        try:
-            camera = camera_info_to_model(msg)
-        except InputError as exc:
-            self._log_problem(self._input_errors, "camera_info", str(exc))
-            return
-        self._input_errors.pop("camera_info", None)
-        self._camera_size = self._camera_size or (camera.width, camera.height)
-        self.assembler.set_camera(camera)
-
-    def _buffer(self, modality: str, stamped: Stamped | None) -> None:
-        if stamped is None:
-            return
-        reset = self.assembler.add(modality, stamped)
-        if reset:
-            self.get_logger().warning(f"time went backwards: {reset}")
+        self.feeder.receive_camera_info(msg)
 
     def _on_depth(self, msg: Image) -> None:
-        self._buffer("depth", self._decode("depth", msg, image_to_numpy))
-
-    def _event_size(self) -> tuple[int, int]:
-        width, height = self.param("event_sensor_size")
-        if width > 0 and height > 0:
-            return int(width), int(height)
-        if self._camera_size is None:
-            raise InputError("events arrived before the first camera image: the event sensor size is "
-                             "unknown (set event_sensor_size)")
-        return self._camera_size
+        self.feeder.feed("depth", msg, self._now_ns())
 
     def _on_event(self, msg) -> None:
-        if isinstance(msg, Image):
-            stamped = self._decode("event", msg, image_to_numpy)
-        else:
-            stamped = self._decode("event", msg, lambda m: pointcloud2_to_events(m, *self._event_size()))
-        self._buffer("event", stamped)
+        self.feeder.receive_events(msg, self._now_ns())
 
     def _on_lidar(self, msg: PointCloud2) -> None:
-        self._buffer("lidar", self._decode("lidar", msg, pointcloud2_to_cloud))
+        self.feeder.feed("lidar", msg, self._now_ns())
 
     # ------------------------------------------------------------------------------ worker
 
@@ -344,10 +276,7 @@ class SamMmsegNode(Node):
             self.get_logger().error(self._model_error)
             self._publish_diagnostics(force=True)
             return False
-        config = PreprocessConfig(
-            input_size=tuple(int(v) for v in backend.input_shape[-2:]),
-            event_window_ms=float(p("event_window_ms")), lidar_max_range_m=float(p("lidar_max_range_m")),
-            T_camera_lidar=self.T_camera_lidar)
+        config = preprocess_config(self._parameter_values(), backend.input_shape[-2:])
         self._backend = backend
         self._pipeline = SegmentationPipeline(backend, config, self.health)
         self._model_state = "ready"
@@ -380,10 +309,7 @@ class SamMmsegNode(Node):
                 self._log_problem(self._frame_errors, "frame", f"processing failed: {type(exc).__name__}: {exc}")
 
     def _process(self, rgb: Stamped, header) -> None:
-        resets = self.assembler.resets
-        bundle = self.assembler.assemble(rgb)
-        if self.assembler.resets != resets:
-            self.get_logger().warning(f"time went backwards: {self.assembler.last_reset_reason}")
+        bundle = self.feeder.assemble(rgb)
         lidar_frame = bundle.lidar.frame_id if bundle.lidar is not None else ""
         T = self._lookup_transform(header.frame_id, lidar_frame)
         if T is not self._pipeline.preprocess_config.T_camera_lidar:
