@@ -16,7 +16,7 @@ from sam_mmseg_ros.contracts import InputError
 DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "none", "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CameraModel:
     width: int
     height: int
@@ -24,6 +24,11 @@ class CameraModel:
     D: np.ndarray = field(default_factory=lambda: np.zeros(5))  # distortion coefficients
     distortion_model: str = "plumb_bob"
     frame_id: str = ""
+
+    def key(self) -> tuple:
+        """Hashable identity of the calibration, for caches keyed by camera (ndarray fields make
+        the dataclass itself unhashable)."""
+        return (self.width, self.height, tuple(self.K.ravel()), tuple(self.D), self.distortion_model)
 
     def __post_init__(self):
         K = np.asarray(self.K, np.float64).reshape(3, 3)

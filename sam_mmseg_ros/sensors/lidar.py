@@ -227,8 +227,7 @@ def _candidate_region(camera: CameraModel) -> tuple[float, float, float, float, 
     points that land inside (one grid step of margin). With distortion, r_fold is the radius
     where the radial distortion stops increasing (the polynomial folds back far outside the
     field of view, and `project` clamps at 2): points beyond it would land on wrong pixels."""
-    key = (camera.width, camera.height, tuple(camera.K.ravel().tolist()), camera.distortion_model,
-           tuple(camera.D.tolist()))
+    key = camera.key()
     region = _REGION_CACHE.get(key)
     if region is None:
         r_fold = None
