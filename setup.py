@@ -37,6 +37,7 @@ setup(
             "segment-anything",
             "onnxscript",
             "colcon-common-extensions",
+            "xmlschema",
         ],
     },
     zip_safe=True,
