@@ -20,6 +20,7 @@ import numpy as np
 from sam_mmseg_ros.contracts import BAG_TOPICS, FrameBundle, InputError, Stamped
 from sam_mmseg_ros.health import HealthMonitor, HealthThresholds
 from sam_mmseg_ros.pipeline import SegmentationPipeline
+from sam_mmseg_ros.resources import config_file
 from sam_mmseg_ros.ros.convert import (
     camera_info_to_model,
     image_to_numpy,
@@ -33,7 +34,7 @@ from sam_mmseg_ros.sync import SYNCED_MODALITIES, FrameAssembler, SyncConfig
 log = logging.getLogger(__name__)
 
 KINDS = ("camera_info", "rgb", "depth", "event", "lidar")
-PARAMS_FILE = Path(__file__).resolve().parents[1] / "config" / "sam_mmseg.yaml"
+PARAMS_NAME = "sam_mmseg.yaml"
 
 
 def flatten_parameters(tree: dict, prefix: str = "") -> dict:
@@ -49,16 +50,17 @@ def flatten_parameters(tree: dict, prefix: str = "") -> dict:
 
 
 def load_parameters(params_file: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """The node's parameters as it would see them: the params file (default: the shipped
-    config/sam_mmseg.yaml, which lists every parameter), then `overrides` (like `-p name:=value`).
-    Only the wildcard `/**` and `sam_mmseg` sections apply, as for the node."""
+    """The node's parameters as it would see them: the shipped config/sam_mmseg.yaml (which lists
+    every parameter, like the node's declared defaults), then `params_file`, then `overrides` (like
+    `-p name:=value`). Only the wildcard `/**` and `sam_mmseg` sections apply, as for the node."""
     import yaml
 
-    path = Path(params_file) if params_file is not None else PARAMS_FILE
-    document = yaml.safe_load(path.read_text()) or {}
+    shipped = config_file(PARAMS_NAME)
     params: dict = {}
-    for section in ("/**", "sam_mmseg", "/sam_mmseg"):
-        params.update(flatten_parameters((document.get(section) or {}).get("ros__parameters", {})))
+    for path in dict.fromkeys([shipped, Path(params_file) if params_file is not None else shipped]):
+        document = yaml.safe_load(Path(path).read_text()) or {}
+        for section in ("/**", "sam_mmseg", "/sam_mmseg"):
+            params.update(flatten_parameters((document.get(section) or {}).get("ros__parameters", {})))
     params.update(overrides or {})
     return params
 
@@ -88,7 +90,8 @@ class NodeSettings:
                           event_window_ms=float(p["event_window_ms"]),
                           buffer_size=dict.fromkeys(optional, int(p["sync.buffer_size"])),
                           enabled={m: enabled[m] for m in optional},
-                          reset_on_backwards_s=float(p["sync.reset_on_backwards_s"]))
+                          reset_on_backwards_s=float(p["sync.reset_on_backwards_s"]),
+                          max_wait_ms=float(p["sync.max_wait_ms"]))
         thresholds = HealthThresholds(**{n[len("health."):]: v for n, v in p.items() if n.startswith("health.")})
         width, height = (int(v) for v in p["event_sensor_size"])
         return cls(enabled, str(p["event_input"]), (width, height), sync, thresholds)
@@ -125,9 +128,10 @@ class FrameFeeder:
     """The node's subscriber callbacks, ROS-free: decode, count for health, buffer for assembly.
 
     `receive_camera` + `assemble` are the camera path split as the node splits it (callback,
-    then worker); `feed` runs one message of any kind, assembling camera frames at once, as
-    offline evaluation does. Decode problems mark the modality invalid in the health monitor,
-    are kept in `input_errors` and reported through `warn` once per distinct problem.
+    then worker, which waits briefly for late partners); `feed` runs one message of any kind,
+    assembling camera frames at once without waiting, as offline evaluation does. Decode
+    problems mark the modality invalid in the health monitor, are kept in `input_errors` and
+    reported through `warn` once per distinct problem.
     """
 
     def __init__(self, settings: NodeSettings, health: HealthMonitor | None = None,
@@ -145,7 +149,7 @@ class FrameFeeder:
         """One message; returns the assembled bundle for a camera image, else None."""
         if kind == "rgb":
             stamped = self.receive_camera(msg, now_ns)
-            return None if stamped is None else self.assemble(stamped)
+            return None if stamped is None else self.assemble(stamped, wait=False)
         if kind == "camera_info":
             self.receive_camera_info(msg)
         elif kind not in SYNCED_MODALITIES:
@@ -167,7 +171,13 @@ class FrameFeeder:
             self.camera_size = (int(msg.width), int(msg.height))
         return stamped
 
-    def assemble(self, camera: Stamped) -> FrameBundle:
+    def assemble(self, camera: Stamped, wait: bool = True) -> FrameBundle:
+        """The bundle for a camera frame. With `wait` (the node's worker) it first waits, at most
+        `sync.max_wait_ms`, for partners with this stamp still on their way (a few ms behind the
+        image on their own topics). `feed` does not wait: in bag order every partner recorded
+        before the image is already buffered, and a wall-clock wait would change nothing."""
+        if wait:
+            self.assembler.wait_for_partners(camera.stamp_ns)
         resets = self.assembler.resets
         bundle = self.assembler.assemble(camera)
         if self.assembler.resets != resets:

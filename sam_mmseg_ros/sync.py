@@ -3,14 +3,23 @@
 The camera is the clock. message_filters' ApproximateTimeSynchronizer fires only when every input
 has a message, so one failed sensor would stop all output; here each RGB frame takes, per
 modality, the buffered message nearest to its stamp if it lies within that modality's tolerance,
-and otherwise records why the modality is left out. Assembly never waits: a sensor that stops
-becomes an `absent` entry, never a stall, and every buffer is bounded whatever the input rate.
+and otherwise records why the modality is left out. Assembly itself never waits: a sensor that
+stops becomes an `absent` entry, never a stall, and every buffer is bounded whatever the input rate.
+
+Live, a partner message with the camera's stamp often arrives a few ms after the camera image
+(separate DDS topics). Widening the tolerances to hide that would let the previous frame's depth
+pass as fresh, so the node's worker first calls `wait_for_partners`: it waits, at most
+`max_wait_ms`, only for modalities that are alive and whose matching message is still to come
+(`awaited`). Callbacks never wait; `add` only wakes the waiter.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
+import statistics
 import threading
+import time
 from dataclasses import dataclass, field
 
 from sam_mmseg_ros.contracts import EventArray, FrameBundle, ImageData, PointCloud, Stamped
@@ -40,6 +49,12 @@ class SyncConfig:
     # behind the newest event (long enough for a camera stamp that lags the event stream).
     event_chunk_limit: int = 1024
     event_history_ms: float = 500.0
+    # Longest wait for partners of one camera frame (`wait_for_partners`); 0 disables waiting.
+    max_wait_ms: float = 30.0
+    # An event window counts as complete once the stream has reached the camera stamp to within
+    # this much: chunks usually end just before the camera stamp, and waiting a whole chunk period
+    # for the last few events is not worth the latency.
+    event_complete_slack_ms: float = 1.0
 
     def __post_init__(self):
         defaults = SyncConfig.__dataclass_fields__
@@ -59,6 +74,23 @@ class SyncConfig:
             raise ValueError("SyncConfig needs 0 < event_window_ms <= event_history_ms")
         if self.reset_on_backwards_s <= 0:
             raise ValueError("SyncConfig.reset_on_backwards_s must be > 0")
+        if self.max_wait_ms < 0 or self.event_complete_slack_ms < 0:
+            raise ValueError("SyncConfig.max_wait_ms and event_complete_slack_ms must be >= 0")
+
+
+PERIOD_SAMPLES = 8
+"""Stamp intervals (the newest ones buffered) whose median is a stream's typical period."""
+
+ALIVE_PERIODS = 2.5
+"""A stream whose newest stamp is more than this many typical periods (plus `max_wait_ms`) older
+than the camera stamp has stopped (one dropped message is tolerated, two are not): it is not
+waited for."""
+
+
+def typical_period_ns(stamps: list[int]) -> int | None:
+    """Median interval between the newest buffered stamps; None before two distinct stamps."""
+    intervals = [b - a for a, b in itertools.pairwise(stamps[-PERIOD_SAMPLES - 1:]) if b > a]
+    return int(statistics.median(intervals)) if intervals else None
 
 
 class _StampBuffer:
@@ -151,6 +183,7 @@ class FrameAssembler:
     def __init__(self, config: SyncConfig | None = None):
         self.config = config or SyncConfig()
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # notified by `add`, waited on by `wait_for_partners`
         self._buffers = {m: _StampBuffer(int(self.config.buffer_size[m])) for m in SYNCED_MODALITIES}
         self._event_chunks = _EventChunks(self.config.event_chunk_limit,
                                           int(self.config.event_history_ms * 1e6))
@@ -180,7 +213,27 @@ class FrameAssembler:
                 self._event_chunks.insert(item)
             else:
                 self._buffers[modality].insert(item)
+            self._arrived.notify_all()
             return reset
+
+    def awaited(self, camera_stamp_ns: int) -> set[str]:
+        """Enabled modalities whose message for this camera stamp has probably not arrived yet but
+        is expected soon (exact rules in `_awaited`)."""
+        with self._lock:
+            return self._awaited(camera_stamp_ns)
+
+    def wait_for_partners(self, camera_stamp_ns: int, timeout_s: float | None = None) -> set[str]:
+        """Block until no modality is `awaited` for this camera stamp, or `timeout_s` (default:
+        `max_wait_ms`) has passed; returns the modalities still awaited. Only the worker calls
+        this; `add` wakes it up on every message."""
+        timeout_s = self.config.max_wait_ms * 1e-3 if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        with self._arrived:
+            missing = self._awaited(camera_stamp_ns)
+            while missing and (left := deadline - time.monotonic()) > 0:
+                self._arrived.wait(left)
+                missing = self._awaited(camera_stamp_ns)
+            return missing
 
     def assemble(self, rgb: Stamped) -> FrameBundle:
         """The bundle for this camera frame, from whatever is buffered now (never blocks)."""
@@ -221,6 +274,65 @@ class FrameAssembler:
             self._reset(reason)
 
     # Everything below runs with the lock held.
+
+    def _awaited(self, stamp: int) -> set[str]:
+        """A modality is awaited for camera stamp S when all of these hold:
+
+        - it is enabled and has at least two buffered stamps, so its typical period P is known;
+        - it is alive: its newest stamp n is at most ALIVE_PERIODS * P + max_wait_ms before S;
+        - its match is not final yet: n < S for nearest matching (once a message at or after S
+          is in, every later one is farther from S), n < S - event_complete_slack_ms for the
+          event window (S - window, S];
+        - the message that would change the match can still come in time. Its expected stamp e
+          is on the stream's grid n + k P (k >= 1): for nearest matching the grid point nearest
+          S, which must be within tolerance and nearer than the best buffered match; for the
+          event window the first grid point at or after S (the chunk that reaches S). Either way
+          e - S <= max_wait_ms, since a message is not published before its stamp.
+        """
+        awaited = set()
+        for m in SYNCED_MODALITIES:
+            if not self.config.enabled[m]:
+                continue
+            if m == "event" and len(self._event_chunks):
+                if self._window_awaited(stamp):
+                    awaited.add(m)
+            elif self._nearest_awaited(m, stamp):
+                awaited.add(m)
+        return awaited
+
+    def _alive_period(self, stamps: list[int], newest: int, stamp: int) -> int | None:
+        """The stream's typical period when it is alive at this camera stamp, else None."""
+        period = typical_period_ns(stamps)
+        if period is None or stamp - newest > ALIVE_PERIODS * period + self.config.max_wait_ms * 1e6:
+            return None
+        return period
+
+    def _nearest_awaited(self, m: str, stamp: int) -> bool:
+        buffer = self._buffers[m]
+        if not buffer.stamps or buffer.stamps[-1] >= stamp:
+            return False
+        newest = buffer.stamps[-1]
+        period = self._alive_period(buffer.stamps, newest, stamp)
+        if period is None:
+            return False
+        expected = newest + period * max(1, round((stamp - newest) / period))
+        tolerance_ns = self.config.tolerance_ms[m] * 1e6
+        best_offset = abs(buffer.nearest(stamp).stamp_ns - stamp)
+        if best_offset > tolerance_ns:
+            best_offset = float("inf")
+        offset = abs(expected - stamp)
+        return offset <= tolerance_ns and offset < best_offset and expected - stamp <= self.config.max_wait_ms * 1e6
+
+    def _window_awaited(self, stamp: int) -> bool:
+        chunks = self._event_chunks
+        newest = chunks.newest_ns
+        if newest >= stamp - self.config.event_complete_slack_ms * 1e6:
+            return False
+        period = self._alive_period(chunks.starts, newest, stamp)
+        if period is None:
+            return False
+        reaching = newest + period * -(-(stamp - newest) // period)  # first grid point at or after S
+        return reaching - stamp <= self.config.max_wait_ms * 1e6
 
     def _check_time(self, stream: str, stamp_ns: int) -> str | None:
         newest = self._newest_ns.get(stream)

@@ -147,7 +147,7 @@ class Harness:
     """A test-side rclpy context in the node's domain: input publishers, output recorders, and a
     feeder thread publishing the rig at 10 Hz."""
 
-    def __init__(self, domain_id: int, rig: Rig | None = None):
+    def __init__(self, domain_id: int, rig: Rig | None = None, partner_delay_s: float | None = None):
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node("sam_mmseg_test", context=self.context)
@@ -168,6 +168,9 @@ class Harness:
         self.rig = rig or Rig()
         self.active = {k: True for k in types}
         self.override: dict[str, Callable[[int], object]] = {}  # modality -> stamp_ns -> message
+        # None: every input before the camera image, as bags record them. A delay: the camera image
+        # first and its partners that long after it, as live sensors on separate topics may arrive.
+        self.partner_delay_s = partner_delay_s
         self.published: list[int] = []  # camera stamps
         self.last_stamp: dict[str, int] = {}  # per input: stamp of the last message published
         self._feed_stop = threading.Event()
@@ -203,10 +206,14 @@ class Harness:
     def _feed(self) -> None:
         period = 1.0 / RATE_HZ
         next_time = time.monotonic()
+        order = list(self.pubs)  # the order of Rig.frame: the camera image last
+        if self.partner_delay_s is not None:
+            order = ["rgb", *order[:-1]]
         while not self._feed_stop.is_set():
             stamp = time.time_ns()
             messages = self.rig.frame(stamp)
-            for key, pub in self.pubs.items():  # in the order of Rig.frame
+            for key in order:
+                pub = self.pubs[key]
                 if key in self.override:
                     msg = self.override[key](stamp)
                 elif self.active[key]:
@@ -217,6 +224,8 @@ class Harness:
                 self.last_stamp[key] = stamp
                 if key == "rgb":
                     self.published.append(stamp)
+                    if self.partner_delay_s is not None:
+                        time.sleep(self.partner_delay_s)
             next_time += period
             self._feed_stop.wait(max(0.0, next_time - time.monotonic()))
 

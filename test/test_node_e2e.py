@@ -97,6 +97,32 @@ def test_all_modalities_give_every_output(running):
     assert "Traceback" not in proc.output
 
 
+def test_partners_arriving_after_the_camera_image_are_waited_for(monkeypatch, checkpoint):  # noqa: F811
+    """Live sensors publish on separate topics, so a partner with the camera's stamp may arrive
+    after the image. Here every partner comes 5 ms after it: the node waits for them (up to
+    sync.max_wait_ms), so with the tight shipped tolerances every modality is still matched to
+    its own stamp. Without the wait, depth and LiDAR would be stale in every frame (their newest
+    message would be the previous frame's, 100 ms old)."""
+    domain_id = random_domain_id()
+    for key in (PROFILE_VARIABLE, "RMW_IMPLEMENTATION"):
+        monkeypatch.setenv(key, ros_env(domain_id)[key])
+    proc = start_node(domain_id, checkpoint)
+    h = Harness(domain_id, partner_delay_s=0.005)
+    h.start_feeding()
+    try:
+        h.wait_for_output(proc)
+        since = time.monotonic()
+        h.wait_until(lambda: len(h.messages("modality_health", since)) >= 15, 30, "health messages", proc)
+        healths = [health_by_modality(m) for m in h.messages("modality_health", since)]
+    finally:
+        h.close()
+        proc.stop(timeout=30)
+    for m in ("depth", "event", "lidar"):  # a weight > 0: matched in that very frame (no hysteresis)
+        matched = np.mean([float(health[m]["router_weight"]) > 0 for health in healths])
+        assert matched >= 0.8, (m, [health[m]["reason"] for health in healths])
+        assert healths[-1][m]["state"] == "ok", healths[-1][m]
+
+
 def test_stopped_modality_goes_stale_and_recovers(running):
     h, proc = running
     tolerance_ns = int(PARAMS["sync"]["tolerance_ms"]["depth"] * MS)

@@ -1,6 +1,8 @@
-"""FrameAssembler: nearest-in-tolerance matching, event windows, resets, bounded buffers, threads."""
+"""FrameAssembler: nearest-in-tolerance matching, event windows, resets, bounded buffers, threads,
+and the bounded wait for partners that arrive after the camera image."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -199,3 +201,119 @@ def test_bad_calls_and_config():
         SyncConfig(enabled={"rgb": False})
     with pytest.raises(ValueError):
         SyncConfig(event_window_ms=0)
+    with pytest.raises(ValueError, match="max_wait_ms"):
+        SyncConfig(max_wait_ms=-1)
+
+
+# ------------------------------------------------------------------ waiting for late partners
+
+
+def periodic(asm: FrameAssembler, modality: str, last_ms: float, period_ms: float = 100, count: int = 5):
+    """`count` messages every `period_ms` up to `last_ms` (a live 10 Hz stream by default)."""
+    for k in range(count - 1, -1, -1):
+        ms = last_ms - k * period_ms
+        asm.add(modality, at(ms, cloud() if modality == "lidar" else image()))
+
+
+def test_a_partner_behind_the_camera_is_awaited_until_it_arrives():
+    asm = FrameAssembler()
+    periodic(asm, "depth", 400)
+    periodic(asm, "lidar", 400)
+    assert asm.awaited(500 * MS) == {"depth", "lidar"}  # their 500 ms messages are still on the way
+    asm.add("depth", at(500, image(5)))
+    assert asm.awaited(500 * MS) == {"lidar"}
+    asm.add("lidar", at(497, cloud(7)))  # within tolerance, before the camera: nearest could still change
+    assert asm.awaited(500 * MS) == set()  # ...but the next one is expected 100 ms later, not nearer
+    bundle = asm.assemble(camera_frame(500))
+    assert bundle.stamps["depth"] == 500 * MS and len(bundle.lidar) == 7
+
+
+def test_a_stopped_sensor_is_not_waited_for():
+    asm = FrameAssembler()
+    periodic(asm, "depth", 400)
+    assert asm.awaited(600 * MS) == {"depth"}  # one message missing: maybe dropped, still alive
+    assert asm.awaited(700 * MS) == set()  # two missing: stopped (2.5 periods + max_wait = 280 ms)
+    started = time.monotonic()
+    assert asm.wait_for_partners(700 * MS, timeout_s=2.0) == set()
+    assert time.monotonic() - started < 0.1
+    assert asm.assemble(camera_frame(700)).absent["depth"].startswith("stale")
+
+
+def test_nothing_to_wait_for_without_a_known_rate_or_when_disabled():
+    asm = FrameAssembler(SyncConfig(enabled={"lidar": False}))
+    assert asm.awaited(500 * MS) == set()  # never received
+    asm.add("depth", at(400, image()))
+    assert asm.awaited(500 * MS) == set()  # one message: no period yet
+    asm.add("lidar", at(400, cloud()))
+    asm.add("lidar", at(300, cloud()))
+    assert asm.awaited(500 * MS) == set()
+
+
+def test_only_a_message_that_would_change_the_match_is_awaited():
+    asm = FrameAssembler()
+    periodic(asm, "depth", 430)  # 10 Hz, 70 ms off the camera: its next one (530) is out of tolerance too
+    assert asm.awaited(500 * MS) == set()
+    asm = FrameAssembler()
+    periodic(asm, "depth", 484, period_ms=33.3)  # 30 Hz: 16 ms before; the next, 17 ms after, is farther
+    assert asm.awaited(500 * MS) == set()
+    periodic(asm, "lidar", 490, period_ms=20)  # 50 Hz: the next (510) is only as near, and ties go older
+    assert asm.awaited(500 * MS) == set()
+    asm = FrameAssembler()
+    periodic(asm, "depth", 485, period_ms=20)  # the next (505) is nearer than the buffered 485
+    assert asm.awaited(500 * MS) == {"depth"}
+
+
+def test_wait_is_bounded_and_a_late_partner_within_the_bound_is_used():
+    asm = FrameAssembler(SyncConfig(max_wait_ms=200))
+    periodic(asm, "depth", 400)
+    started = time.monotonic()
+    assert asm.wait_for_partners(500 * MS, timeout_s=0.05) == {"depth"}
+    assert 0.05 <= time.monotonic() - started < 0.5
+
+    def late_depth():
+        time.sleep(0.03)
+        asm.add("lidar", at(450, cloud()))  # unrelated arrivals wake the waiter, which waits on
+        time.sleep(0.02)
+        asm.add("depth", at(500, image(9)))
+
+    sender = threading.Thread(target=late_depth)
+    started = time.monotonic()
+    sender.start()
+    assert asm.wait_for_partners(500 * MS) == set()  # the configured bound: 200 ms
+    waited = time.monotonic() - started
+    sender.join()
+    assert 0.05 <= waited < 0.19
+    bundle = asm.assemble(camera_frame(500))
+    assert bundle.depth.array[0, 0] == 9 and bundle.stamps["depth"] == 500 * MS
+
+
+def test_max_wait_zero_never_waits():
+    asm = FrameAssembler(SyncConfig(max_wait_ms=0))
+    periodic(asm, "depth", 400)
+    started = time.monotonic()
+    assert asm.wait_for_partners(500 * MS) == {"depth"}
+    assert time.monotonic() - started < 0.05
+
+
+def test_event_window_is_awaited_until_the_stream_reaches_the_camera_stamp():
+    asm = FrameAssembler()
+    for start in range(300, 500, 10):  # 10 ms chunks, events up to 499.5 ms
+        asm.add("event", at(start, events(np.arange(start, start + 10, 0.5))))
+    assert asm.awaited(500 * MS) == set()  # within event_complete_slack_ms (1 ms) of the camera stamp
+    assert asm.awaited(520 * MS) == {"event"}  # the chunks reaching 520 ms are on their way
+    asm.add("event", at(500, events(np.arange(500, 520, 0.5))))
+    assert asm.awaited(520 * MS) == set()
+    assert asm.awaited(600 * MS) == set()  # 80 ms behind a 10 ms chunk stream: stopped
+    asm = FrameAssembler()
+    for start in range(300, 550, 50):  # 50 ms chunks up to 549.5 ms
+        asm.add("event", at(start, events(np.arange(start, start + 50, 0.5))))
+    assert asm.awaited(560 * MS) == set()  # the chunk reaching 560 ends at 599.5: past max_wait
+
+
+def test_a_reset_ends_the_wait():
+    asm = FrameAssembler(SyncConfig(max_wait_ms=200))
+    periodic(asm, "depth", 10_400)
+    threading.Timer(0.03, lambda: asm.add("depth", at(5, image()))).start()  # the bag looped
+    started = time.monotonic()
+    assert asm.wait_for_partners(10_500 * MS) == set()
+    assert time.monotonic() - started < 0.15 and asm.resets == 1

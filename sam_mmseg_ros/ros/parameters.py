@@ -54,12 +54,14 @@ SPECS: tuple[Spec, ...] = (
     Spec("event_window_ms", 50.0, "events in this window before the camera stamp form one frame",
          low=1.0, high=1000.0),
     Spec("lidar_max_range_m", 80.0, "LiDAR points farther than this are ignored", low=1.0, high=1000.0),
-    Spec("sync.tolerance_ms.depth", 100.0, "newest depth image older than this (vs. the camera) is stale",
-         low=1.0, high=10000.0, runtime=True),
-    Spec("sync.tolerance_ms.event", 100.0, "event stream older than this is stale", low=1.0, high=10000.0,
-         runtime=True),
-    Spec("sync.tolerance_ms.lidar", 150.0, "newest LiDAR cloud older than this is stale", low=1.0,
-         high=10000.0, runtime=True),
+    Spec("sync.tolerance_ms.depth", 20.0, "depth matched to a camera frame must be stamped within this of it, "
+         "else depth is stale for that frame", low=1.0, high=10000.0, runtime=True),
+    Spec("sync.tolerance_ms.event", 30.0, "the same for event frames (event_input: image); event clouds are "
+         "cut to the event_window_ms window instead", low=1.0, high=10000.0, runtime=True),
+    Spec("sync.tolerance_ms.lidar", 60.0, "the same for LiDAR clouds", low=1.0, high=10000.0, runtime=True),
+    Spec("sync.max_wait_ms", 30.0, "longest wait of a camera frame for partner messages still on their way "
+         "(alive streams whose matching message has not arrived); 0: never wait. A stopped sensor is "
+         "not waited for", low=0.0, high=200.0),
     Spec("sync.buffer_size", 16, "messages kept per modality for matching", low=1, high=1000),
     Spec("sync.reset_on_backwards_s", 1.0, "a camera stamp this far behind the last one resets the buffers "
          "(bag loop, simulator restart)", low=0.0, high=3600.0),
