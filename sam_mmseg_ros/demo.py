@@ -112,9 +112,10 @@ def _ros_value(value) -> str:
 
 def start_node(params: dict, env: dict, log_file) -> subprocess.Popen:
     """The node through its console script with the shipped parameter file and `params` on top."""
-    from sam_mmseg_ros.ingest import PARAMS_FILE
+    from sam_mmseg_ros.ingest import PARAMS_NAME
+    from sam_mmseg_ros.resources import config_file
 
-    command = [str(NODE_SCRIPT), "--ros-args", "--params-file", str(PARAMS_FILE)]
+    command = [str(NODE_SCRIPT), "--ros-args", "--params-file", str(config_file(PARAMS_NAME))]
     for name, value in params.items():
         command += ["-p", f"{name}:={_ros_value(value)}"]
     return subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)

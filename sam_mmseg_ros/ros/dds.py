@@ -8,43 +8,16 @@ file (SetEnvironmentVariable), or through `dds_environment()` for subprocesses.
 from __future__ import annotations
 
 import os
-import site
-import sys
-import sysconfig
-from pathlib import Path
 
-PACKAGE = "sam_mmseg_ros"
+from sam_mmseg_ros.resources import config_file
+
 PROFILE_NAME = "fastdds_large_data.xml"
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 
 
-def _candidates() -> list[Path]:
-    """The colcon install's share dir (ament index), then the source tree (a checkout or an editable
-    install), then a pip install's data files, which setup.py's data_files put under <prefix>/share
-    (<user base>/share for `pip install --user`)."""
-    found = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        try:
-            found.append(Path(get_package_share_directory(PACKAGE)) / "config" / PROFILE_NAME)
-        except (LookupError, OSError):  # not in the ament index, or AMENT_PREFIX_PATH unset
-            pass
-    except ImportError:
-        pass
-    found.append(Path(__file__).resolve().parents[2] / "config" / PROFILE_NAME)
-    for prefix in dict.fromkeys([sysconfig.get_path("data"), sys.prefix, site.getuserbase()]):
-        found.append(Path(prefix) / "share" / PACKAGE / "config" / PROFILE_NAME)
-    return found
-
-
 def large_data_profile_path() -> str:
     """Absolute path of the shipped Fast DDS profile (SHM 32 MiB segment + UDPv4)."""
-    candidates = _candidates()
-    for path in candidates:
-        if path.is_file():
-            return str(path)
-    raise FileNotFoundError(f"{PROFILE_NAME} not found; looked in: " + ", ".join(map(str, candidates)))
+    return str(config_file(PROFILE_NAME))
 
 
 def dds_environment(env: dict | None = None) -> dict:
