@@ -8,6 +8,7 @@ from sam_mmseg_ros.sensors.camera import CameraModel
 from sam_mmseg_ros.sensors.depth import (
     HHA_DISPARITY_REF_M,
     HHA_HEIGHT_RANGE_M,
+    _arccos_over_pi,
     depth_to_metres,
     encode_depth,
     hha,
@@ -143,3 +144,12 @@ def test_hha_needs_a_camera_and_a_registered_image():
         encode_depth(image, None, (24, 32))
     with pytest.raises(InputError, match="not registered"):
         encode_depth(ImageData(np.ones((48, 48), np.float32), "32FC1"), CAMERA, (24, 32))
+
+
+def test_fast_arccos_matches_numpy_on_both_signs_and_keeps_nan():
+    cos = np.concatenate([np.linspace(-1.2, 1.2, 2001), [np.nan]]).astype(np.float32)
+    out = np.empty_like(cos)
+    _arccos_over_pi(cos, out)
+    expected = np.arccos(np.clip(cos[:-1], -1, 1)) / np.pi
+    np.testing.assert_allclose(out[:-1], expected, atol=3e-5)
+    assert np.isnan(out[-1])

@@ -98,3 +98,9 @@ def test_malformed_events_raise_input_error():
     bad = EventArray(np.zeros(3), np.zeros(2), np.zeros(3, np.int64), np.ones(3, np.int8), 4, 4)
     with pytest.raises(InputError, match="lengths"):
         event_frame(bad, (4, 4))
+
+
+def test_non_integer_coordinates_are_refused():
+    events = EventArray(np.array([1.5]), np.array([2.0]), np.zeros(1, np.int64), np.ones(1, np.int8), 4, 4)
+    with pytest.raises(InputError, match="integers"):
+        event_frame(events, (4, 4))

@@ -162,3 +162,18 @@ def test_fast_cut_keeps_every_point_that_lands_in_the_image(camera):
                               & (np.floor(v + 0.5) >= 0) & (np.floor(v + 0.5) < 480))
     projected = project_points(PointCloud(xyz), np.eye(4), camera)
     np.testing.assert_array_equal(projected.index, expected)
+
+
+@pytest.mark.parametrize("camera", [PINHOLE, PLUMB_BOB, RATIONAL])
+def test_float32_projection_stays_float32_and_matches_float64(camera):
+    xyz = np.random.default_rng(4).uniform([-8, -6, 2], [8, 6, 30], (500, 3))
+    u64, v64, _, _ = camera.project(xyz)
+    u32, v32, _, _ = camera.project(xyz.astype(np.float32))
+    assert u64.dtype == np.float64 and u32.dtype == v32.dtype == np.float32
+    np.testing.assert_allclose(u32, u64, atol=2e-3)
+    np.testing.assert_allclose(v32, v64, atol=2e-3)
+    xn, yn = xyz[:, 0] / xyz[:, 2], xyz[:, 1] / xyz[:, 2]
+    inside_clamp = (np.abs(xn) <= 2) & (np.abs(yn) <= 2)
+    assert 0 < inside_clamp.sum() < len(xyz)
+    u, v = camera.to_pixels(xn[inside_clamp], yn[inside_clamp])
+    np.testing.assert_allclose([u, v], [u64[inside_clamp], v64[inside_clamp]], atol=1e-9)

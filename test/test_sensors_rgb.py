@@ -121,3 +121,12 @@ def test_non_integer_resize_keeps_a_ramp_linear(width, out_width):
     value = (out[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255
     position = (np.arange(out_width) + 0.5) * width / out_width - 0.5
     np.testing.assert_allclose(value, np.broadcast_to(2 * position, (40, out_width)), atol=1e-3)
+
+
+def test_area_of_a_frame_processed_in_several_row_bands():
+    # 600x1000 rgb8 at factor 2: bands of 43 output rows, the last one partial.
+    image = RNG.integers(0, 256, (600, 1000, 3), dtype=np.uint8)
+    out, _ = encode_rgb(ImageData(image, "bgr8"), (300, 500))
+    mean = image[:, :, ::-1].reshape(300, 2, 500, 2, 3).mean(axis=(1, 3)) / 255.0
+    expected = ((mean - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)
+    np.testing.assert_allclose(out, expected, atol=1e-5)

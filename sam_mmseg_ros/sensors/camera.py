@@ -94,31 +94,53 @@ class CameraModel:
         return CameraModel(width, height, K, self.D, self.distortion_model, self.frame_id)
 
     def distort(self, xn: np.ndarray, yn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Apply the distortion model to normalized image coordinates."""
+        """Apply the distortion model to normalized image coordinates. float32 input stays
+        float32 (half the memory traffic; 1e-4 px at 4k resolution), other input is float64."""
         if not self.has_distortion:
             return xn, yn
-        d = np.zeros(8)
+        dtype = np.result_type(xn, yn, np.float32)
+        d = np.zeros(8, dtype)
         d[: min(8, self.D.size)] = self.D[:8]
         k1, k2, p1, p2, k3, k4, k5, k6 = d
-        r2 = xn * xn + yn * yn
-        r4 = r2 * r2
-        r6 = r4 * r2
-        radial = 1 + k1 * r2 + k2 * r4 + k3 * r6
+        r2 = xn * xn
+        r2 += yn * yn
+        radial = _horner(r2, k1, k2, k3)
         if self.distortion_model == "rational_polynomial":
-            radial = radial / (1 + k4 * r2 + k5 * r4 + k6 * r6)
-        xy = xn * yn
-        xd = xn * radial + 2 * p1 * xy + p2 * (r2 + 2 * xn * xn)
-        yd = yn * radial + p1 * (r2 + 2 * yn * yn) + 2 * p2 * xy
+            radial /= _horner(r2, k4, k5, k6)
+        xd = xn * radial
+        yd = yn * radial
+        if p1 or p2:
+            xy2 = xn * yn
+            xy2 *= 2
+            xd += p1 * xy2 + p2 * (r2 + 2 * xn * xn)
+            yd += p1 * (r2 + 2 * yn * yn) + p2 * xy2
         return xd, yd
+
+    def to_pixels(self, xn: np.ndarray, yn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(u, v) pixel coordinates of normalized coordinates (x/z, y/z), distortion applied;
+        float32 stays float32. Without the clamp of `project`: for coordinates already known
+        to be inside the distortion's valid radius."""
+        xd, yd = self.distort(xn, yn)
+        K = self.K.astype(np.result_type(xd, yd, np.float32))
+        u = xd * K[0, 0]
+        if K[0, 1]:
+            u += K[0, 1] * yd
+        u += K[0, 2]
+        v = yd * K[1, 1]
+        v += K[1, 2]
+        return u, v
 
     def project(self, points_cam: np.ndarray, min_depth: float = 1e-3):
         """Project [N, 3] points in the camera optical frame (z forward).
 
-        Returns (u, v, z, in_front): pixel coordinates (float, pixel centres at integers), depth
-        along the optical axis, and a mask of points in front of the camera. u, v of points behind
-        the camera are meaningless; callers mask them with `in_front`.
+        Returns (u, v, z, in_front): pixel coordinates (float, pixel centres at integers; float32
+        for float32 points, else float64), depth along the optical axis, and a mask of points in
+        front of the camera. u, v of points behind the camera are meaningless; callers mask them
+        with `in_front`.
         """
         pts = np.asarray(points_cam)
+        if pts.dtype.kind != "f":
+            pts = pts.astype(np.float64)
         z = pts[:, 2]
         in_front = z > min_depth
         safe_z = np.where(in_front, z, 1.0)
@@ -127,9 +149,7 @@ class CameraModel:
             # Distortion polynomials diverge far outside the field of view; clamp first.
             lim = 2.0
             xn, yn = np.clip(xn, -lim, lim), np.clip(yn, -lim, lim)
-            xn, yn = self.distort(xn, yn)
-        u = self.K[0, 0] * xn + self.K[0, 1] * yn + self.K[0, 2]
-        v = self.K[1, 1] * yn + self.K[1, 2]
+        u, v = self.to_pixels(xn, yn)
         return u, v, z, in_front
 
     def pixel_rays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -139,3 +159,14 @@ class CameraModel:
         xn = (u[None, :] - self.cx) / self.fx
         yn = (v[:, None] - self.cy) / self.fy
         return np.broadcast_to(xn, (self.height, self.width)), np.broadcast_to(yn, (self.height, self.width))
+
+
+def _horner(r2: np.ndarray, c1, c2, c3) -> np.ndarray:
+    """1 + c1 r2 + c2 r2^2 + c3 r2^3, evaluated in place (Horner's scheme)."""
+    out = r2 * c3
+    out += c2
+    out *= r2
+    out += c1
+    out *= r2
+    out += 1
+    return out

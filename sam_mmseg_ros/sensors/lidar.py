@@ -42,8 +42,8 @@ class ProjectedPoints:
     """
 
     index: np.ndarray  # int64 [K] indices into the cloud
-    u: np.ndarray  # float [K] column, pixel centres at integers
-    v: np.ndarray  # float [K] row
+    u: np.ndarray  # float32 [K] column, pixel centres at integers
+    v: np.ndarray  # float32 [K] row
     depth: np.ndarray  # float32 [K] z in the camera optical frame, metres
     intensity: np.ndarray | None  # float32 [K], None when the cloud has none
     row: np.ndarray  # int64 [K] pixel row at camera resolution
@@ -80,6 +80,7 @@ class LidarRaster:
     points_total: int
     points_in_image: int
     nonfinite_count: int
+    hit_pixels: np.ndarray  # int64 flat indices of the pixels with a point (may repeat)
 
 
 def project_points(cloud: PointCloud, T_camera_lidar: np.ndarray, camera: CameraModel,
@@ -105,40 +106,51 @@ def project_points(cloud: PointCloud, T_camera_lidar: np.ndarray, camera: Camera
     columns = np.array(xyz.T, dtype=np.float32, order="C")
     R = T[:3, :3].astype(np.float32)
     t = T[:3, 3].astype(np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(invalid="ignore"):
         z = _row_dot(columns, R[2], t[2])
         nonfinite = 0 if np.isfinite(z.sum()) else int(z.size - np.count_nonzero(np.isfinite(z)))
-        inv_z = np.float32(1.0) / z
-        xn = _row_dot(columns, R[0], t[0])
-        xn *= inv_z
-        yn = _row_dot(columns, R[1], t[1])
-        yn *= inv_z
-        # Cheap cut before the distortion polynomial: in front, finite, and inside the box of
-        # normalized coordinates that can reach the image (comparisons with NaN are False).
-        x0, x1, y0, y1, r_fold = _candidate_region(camera)
-        keep = z > min_depth
-        keep &= z < np.inf
-        keep &= xn >= x0
-        keep &= xn <= x1
-        keep &= yn >= y0
-        keep &= yn <= y1
-        if r_fold is not None:
-            keep &= xn * xn + yn * yn <= np.float32(r_fold * r_fold)
-    candidate = np.flatnonzero(keep)
-    xn, yn, z = xn[candidate], yn[candidate], z[candidate]
-    u, v, _, _ = camera.project(np.stack([xn, yn, np.ones_like(xn)], axis=1), 0.0)
-    col = np.floor(u + 0.5)
-    row = np.floor(v + 0.5)
+        # Points in front first (a 360-degree LiDAR has most of its points elsewhere), then x/z,
+        # y/z for those only.
+        front = z > min_depth
+        front &= z < np.inf  # comparisons with NaN are False
+        candidate = np.flatnonzero(front)
+    columns = np.take(columns, candidate, axis=1)
+    z = np.take(z, candidate)
+    inv_z = np.float32(1.0) / z
+    xn = _row_dot(columns, R[0], t[0])
+    xn *= inv_z
+    yn = _row_dot(columns, R[1], t[1])
+    yn *= inv_z
+    # Cheap cut before the distortion polynomial: inside the box of normalized coordinates
+    # that can reach the image.
+    x0, x1, y0, y1, r_fold = _candidate_region(camera)
+    keep = xn >= x0
+    keep &= xn <= x1
+    keep &= yn >= y0
+    keep &= yn <= y1
+    if r_fold is not None:
+        r2 = xn * xn
+        r2 += yn * yn
+        keep &= r2 <= np.float32(r_fold * r_fold)
+    kept = np.flatnonzero(keep)
+    candidate = np.take(candidate, kept)
+    # np.take: ~2x faster than fancy indexing for these gathers.
+    xn, yn, z = np.take(xn, kept), np.take(yn, kept), np.take(z, kept)
+    # float32 throughout; inside r_fold (<= the clamp of `project`) no clamp is needed.
+    u, v = camera.to_pixels(xn, yn)
+    col = np.floor(u + np.float32(0.5))
+    row = np.floor(v + np.float32(0.5))
     inside = (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
-    index = candidate[inside]
+    if not inside.all():  # only the cut's one-step margin falls outside
+        candidate, u, v, z, row, col = (a[inside] for a in (candidate, u, v, z, row, col))
     return ProjectedPoints(
-        index=index.astype(np.int64),
-        u=u[inside],
-        v=v[inside],
-        depth=z[inside],
-        intensity=None if intensity is None else intensity[index].astype(np.float32),
-        row=row[inside].astype(np.int64),
-        col=col[inside].astype(np.int64),
+        index=candidate,
+        u=u,
+        v=v,
+        depth=z,
+        intensity=None if intensity is None else np.take(intensity, candidate).astype(np.float32, copy=False),
+        row=row.astype(np.int64),
+        col=col.astype(np.int64),
         width=camera.width,
         height=camera.height,
         points_total=total,
@@ -159,20 +171,26 @@ def rasterize(projected: ProjectedPoints, camera: CameraModel,
     flat = row * w + col
     zbuf = np.full(h * w, np.inf, np.float32)
     np.minimum.at(zbuf, flat, projected.depth)
+    # The points equal to their pixel's minimum write depth, intensity and validity: scatters
+    # of the few hit pixels, where full-image masked copies cost more than the z-buffer.
+    nearest = projected.depth == np.take(zbuf, flat)
+    hit = flat[nearest]
+    depth = np.zeros(h * w, np.float32)
+    depth[hit] = projected.depth[nearest]
     intensity = np.zeros(h * w, np.float32)
-    if projected.intensity is not None and len(projected):
-        nearest = projected.depth == zbuf[flat]
-        intensity[flat[nearest]] = projected.intensity[nearest]
-    valid = zbuf < np.inf
-    np.copyto(zbuf, 0.0, where=~valid)
+    if projected.intensity is not None:
+        intensity[hit] = projected.intensity[nearest]
+    valid = np.zeros(h * w, bool)
+    valid[hit] = True
     return LidarRaster(
-        depth=zbuf.reshape(h, w),
+        depth=depth.reshape(h, w),
         intensity=intensity.reshape(h, w),
         valid=valid.reshape(h, w),
         has_intensity=projected.intensity is not None,
         points_total=projected.points_total,
         points_in_image=len(projected),
         nonfinite_count=projected.nonfinite_count,
+        hit_pixels=hit,
     )
 
 
@@ -183,14 +201,18 @@ def encode_lidar(raster: LidarRaster, max_range_m: float = 80.0, intensity_scale
     h, w = raster.depth.shape
     if out is None:
         out = np.empty((3, h, w), np.float32)
-    np.minimum(raster.depth, np.float32(max_range_m), out=out[0])
-    out[0] *= np.float32(-1.0 / max_range_m)
-    out[0] += 1.0
-    out[0] *= raster.valid
-    scale = intensity_scale or _intensity_scale(raster.intensity)
-    np.multiply(raster.intensity, np.float32(1.0 / scale), out=out[1])
-    np.clip(out[1], 0.0, 1.0, out=out[1])
-    out[2] = raster.valid
+    # Only the pixels with a point are computed (a few percent of the image); the rest is 0.
+    hit = raster.hit_pixels
+    out.fill(0.0)
+    nearness = np.minimum(np.take(raster.depth, hit), np.float32(max_range_m))
+    nearness *= np.float32(-1.0 / max_range_m)
+    nearness += 1.0
+    np.put(out[0], hit, nearness)
+    intensity = np.take(raster.intensity, hit)
+    scale = intensity_scale or _intensity_scale(intensity)
+    intensity *= np.float32(1.0 / scale)
+    np.put(out[1], hit, np.clip(intensity, 0.0, 1.0, out=intensity))
+    np.put(out[2], hit, 1.0)
     total = raster.points_total
     stats = {
         "points_total": float(total),

@@ -5,6 +5,11 @@ absent slot (zeros, mask 0) with its error recorded; the others are unaffected, 
 model is trained with random modality drop-out and handles absence, while a wrongly encoded
 slot would mislead it. For the same reason depth without camera_info is absent rather than
 silently encoded as inverse depth when the model expects HHA.
+
+The modalities are encoded one after another in the calling thread: on a 2-thread pool they
+measured slower (median wall 14-20 ms in sequence, 17-33 ms on 2 threads, at 512x512) on the
+2-core machine shared with a training job, where the second thread mostly waits for a core
+and the GIL.
 """
 
 from __future__ import annotations

@@ -133,18 +133,32 @@ def _normalize_pixels(pixels: np.ndarray, order: tuple[int, int, int], size: tup
     return out
 
 
+BAND_BYTES = 256 * 1024
+"""Input bytes processed per step: the band (and its uint16 block sums) stays in the L2 cache
+while each of the three channels is read from it."""
+
+
 def _normalize_into(values: np.ndarray, order, to_unit: float, out: np.ndarray) -> None:
-    """out[c] = (values[..., order[c]] * to_unit - mean[c]) / std[c], one channel at a time."""
-    for c in range(3):
-        np.multiply(values[:, :, order[c]], np.float32(to_unit / _STD[c]), out=out[c])
-        np.subtract(out[c], np.float32(_MEAN[c] / _STD[c]), out=out[c])
+    """out[c] = (values[..., order[c]] * to_unit - mean[c]) / std[c], one band of rows and
+    one channel at a time."""
+    h = out.shape[1]
+    band = max(1, BAND_BYTES // (values.shape[1] * values.shape[2] * values.itemsize))
+    for top in range(0, h, band):
+        rows = slice(top, min(h, top + band))
+        for c in range(3):
+            np.multiply(values[rows, :, order[c]], np.float32(to_unit / _STD[c]), out=out[c, rows])
+            np.subtract(out[c, rows], np.float32(_MEAN[c] / _STD[c]), out=out[c, rows])
 
 
 def _area_normalize_into(pixels: np.ndarray, order, fy: int, fx: int, out: np.ndarray) -> None:
-    """Block average and normalize, one channel at a time."""
-    for c, plane in enumerate(_block_sum_planes(pixels, order, fy, fx)):
-        np.multiply(plane, np.float32(1.0 / (255.0 * fy * fx * _STD[c])), out=out[c])
-        np.subtract(out[c], np.float32(_MEAN[c] / _STD[c]), out=out[c])
+    """Block average and normalize, one band of output rows and one channel at a time."""
+    h = out.shape[1]
+    band = max(1, BAND_BYTES // (pixels.shape[1] * pixels.shape[2] * fy))
+    for top in range(0, h, band):
+        bottom = min(h, top + band)
+        for c, plane in enumerate(_block_sum_planes(pixels[top * fy:bottom * fy], order, fy, fx)):
+            np.multiply(plane, np.float32(1.0 / (255.0 * fy * fx * _STD[c])), out=out[c, top:bottom])
+            np.subtract(out[c, top:bottom], np.float32(_MEAN[c] / _STD[c]), out=out[c, top:bottom])
 
 
 def _block_sum_planes(pixels: np.ndarray, order, fy: int, fx: int):
