@@ -1,12 +1,10 @@
 """Our SAM image encoder against Meta's reference, and the MoE-LoRA experts inside it."""
 
 import functools
-import importlib.util
-import sys
-import types
 
 import pytest
 import torch
+from meta_reference import meta_modeling
 
 from sam_mmseg_ros.model.checkpoint import load_sam_weights
 from sam_mmseg_ros.model.config import MODEL_CONFIGS
@@ -25,18 +23,6 @@ ENCODER = dict(patch_size=16, embed_dim=64, depth=3, num_heads=4, out_chans=32, 
 """Window 3 on a 4x4 / 8x8 token grid: exercises window padding, one global block."""
 
 
-def _reference_encoder_class():
-    """Meta's ImageEncoderViT without importing segment_anything/__init__ (which needs torchvision)."""
-    if "segment_anything" not in sys.modules:
-        spec = importlib.util.find_spec("segment_anything")
-        if spec is None:
-            pytest.skip("segment-anything is not installed")
-        package = types.ModuleType("segment_anything")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["segment_anything"] = package
-    return importlib.import_module("segment_anything.modeling.image_encoder").ImageEncoderViT
-
-
 def _model_config(img_size):
     return MODEL_CONFIGS["tiny"].with_overrides(
         img_size=img_size, aux_block_indexes=(0, 2), lora_rank=4, lora_alpha=4.0, out_chans=32,
@@ -46,7 +32,7 @@ def _model_config(img_size):
 
 
 def _random_reference(img_size, seed=0):
-    reference = _reference_encoder_class()(
+    reference = meta_modeling("image_encoder").ImageEncoderViT(
         img_size=img_size, use_rel_pos=True, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6), **ENCODER
     ).eval()
     generator = torch.Generator().manual_seed(seed)

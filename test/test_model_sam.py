@@ -1,12 +1,10 @@
 """MoELoRASAM end to end: config registry, forward contract, frozen parts, absent modalities,
 and the decoder's compatibility with SAM's mask decoder."""
 
-import importlib.util
-import sys
-import types
 
 import pytest
 import torch
+from meta_reference import meta_modeling
 
 from sam_mmseg_ros.model import MODEL_CONFIGS, ModelConfig, build_model
 from sam_mmseg_ros.model.heads import PositionEmbeddingRandom, SemanticMaskDecoder, TwoWayTransformer
@@ -23,18 +21,6 @@ MASK = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
 def _micro(**overrides):
     torch.manual_seed(0)
     return build_model("tiny", **{**MICRO, **overrides}).eval()
-
-
-def _meta_modeling(module):
-    """A segment_anything.modeling submodule without the package __init__ (needs torchvision)."""
-    if "segment_anything" not in sys.modules:
-        spec = importlib.util.find_spec("segment_anything")
-        if spec is None:
-            pytest.skip("segment-anything is not installed")
-        package = types.ModuleType("segment_anything")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["segment_anything"] = package
-    return importlib.import_module(f"segment_anything.modeling.{module}")
 
 
 def test_registry_configs_and_overrides():
@@ -120,9 +106,9 @@ def test_big_configs_build_on_the_meta_device():
 
 
 def test_decoder_names_and_shapes_match_the_official_sam_layout():
-    transformer_module = _meta_modeling("transformer")
-    decoder_module = _meta_modeling("mask_decoder")
-    prompt_module = _meta_modeling("prompt_encoder")
+    transformer_module = meta_modeling("transformer")
+    decoder_module = meta_modeling("mask_decoder")
+    prompt_module = meta_modeling("prompt_encoder")
     torch.manual_seed(0)
     official = {}
     sam_decoder = decoder_module.MaskDecoder(
@@ -144,7 +130,7 @@ def test_decoder_names_and_shapes_match_the_official_sam_layout():
 
 
 def test_two_way_transformer_and_pe_match_meta():
-    reference_module = _meta_modeling("transformer")
+    reference_module = meta_modeling("transformer")
     torch.manual_seed(0)
     reference = reference_module.TwoWayTransformer(depth=2, embedding_dim=32, num_heads=4, mlp_dim=64).eval()
     ours = TwoWayTransformer(2, 32, 4, 64).eval()
@@ -153,7 +139,7 @@ def test_two_way_transformer_and_pe_match_meta():
     with torch.no_grad():
         for a, b in zip(reference(image, pe, tokens), ours(image, pe, tokens), strict=True):
             assert (a - b).abs().max().item() < 1e-5
-    reference_pe = _meta_modeling("prompt_encoder").PositionEmbeddingRandom(16)
+    reference_pe = meta_modeling("prompt_encoder").PositionEmbeddingRandom(16)
     ours_pe = PositionEmbeddingRandom(16)
     ours_pe.load_state_dict(reference_pe.state_dict())
     assert torch.allclose(ours_pe((4, 6)), reference_pe((4, 6)))
