@@ -28,3 +28,15 @@ def dds_environment(env: dict | None = None) -> dict:
         out[PROFILE_VARIABLE] = large_data_profile_path()
     out.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     return out
+
+
+def private_node(name: str):
+    """(node, context): a node on its own rclpy context, with the large-data DDS environment set
+    before the participant exists, for tools (replay, live evaluation) that may share a process
+    with other rclpy users. Shut it down with `context.try_shutdown()`."""
+    import rclpy
+
+    os.environ.update(dds_environment())
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    return rclpy.create_node(name, context=context), context

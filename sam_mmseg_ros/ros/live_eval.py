@@ -10,7 +10,6 @@ the node published no labels for are reported as dropped; /diagnostics adds the 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -164,7 +163,6 @@ def evaluate_live(bag: str | Path, rate: float = 1.0, namespace: str = "/sam_mms
     ready, replays at `rate`, then waits until every camera frame has labels or none came for
     `settle_s`. `timeout_s` bounds the replay and the wait after it.
     """
-    import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from tqdm import tqdm
 
@@ -173,12 +171,9 @@ def evaluate_live(bag: str | Path, rate: float = 1.0, namespace: str = "/sam_mms
     bag = Path(bag)
     context = None
     if node is None:
-        from sam_mmseg_ros.ros.dds import dds_environment
+        from sam_mmseg_ros.ros.dds import private_node
 
-        os.environ.update(dds_environment())
-        context = rclpy.Context()
-        rclpy.init(context=context)
-        node = rclpy.create_node("sam_mmseg_live_eval", context=context)
+        node, context = private_node("sam_mmseg_live_eval")
     recorder = _Recorder(node, namespace)
     executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -74,14 +73,9 @@ def replay_bag(path: str | Path, rate: float = 1.0, loop: bool = False, clock: b
     stop_event = stop_event or threading.Event()
     context = None
     if node is None:
-        import rclpy
+        from sam_mmseg_ros.ros.dds import private_node
 
-        from sam_mmseg_ros.ros.dds import dds_environment
-
-        os.environ.update(dds_environment())
-        context = rclpy.Context()
-        rclpy.init(context=context)
-        node = rclpy.create_node("sam_mmseg_replay", context=context)
+        node, context = private_node("sam_mmseg_replay")
     try:
         return _play(node, Path(path), rate, loop, clock, stop_event, topics, reliable, clock_hz,
                      discovery_wait_s)
