@@ -34,6 +34,18 @@ class Backend(Protocol):
         ...
 
 
+
+class DummyFrameWarmup:
+    """`warmup` for the backends: all-zero frames with every modality present, so lazy
+    initialisation (allocations, kernel selection, graph capture) happens before the first camera
+    frame rather than on it."""
+
+    def warmup(self, iterations: int = 2) -> None:
+        images = np.zeros(self.input_shape, np.float32)
+        mask = np.ones(self.input_shape[:2], np.float32)
+        for _ in range(iterations):
+            self.infer(images, mask)
+
 def validate_inputs(images: np.ndarray, modality_mask: np.ndarray, input_shape: tuple[int, ...]) -> None:
     """Raise InputError unless the arrays match the engine input contract exactly.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS
-from sam_mmseg_ros.engine.base import check_outputs, validate_inputs
+from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, validate_inputs
 from sam_mmseg_ros.engine.export import decode_metadata
 
 LOG = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def available_devices() -> list[str]:
     return [device for device, provider in PROVIDERS.items() if provider in offered]
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(DummyFrameWarmup):
     """Backend protocol (engine/base.py) on an onnxruntime InferenceSession.
 
     `device`: "cpu", "cuda", "tensorrt", or "gpu" (TensorRT provider, else CUDA). A GPU request
@@ -124,12 +124,6 @@ class OnnxRuntimeBackend:
         if not all(isinstance(d, int) for d in shape):
             raise ValueError(f"{self.onnx_path}: input {name!r} has dynamic shape {shape}; export with static shapes")
         return tuple(shape)
-
-    def warmup(self, iterations: int = 2) -> None:
-        images = np.zeros(self.input_shape, np.float32)
-        mask = np.ones(self.input_shape[:2], np.float32)
-        for _ in range(iterations):
-            self.infer(images, mask)
 
     def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:
         validate_inputs(images, modality_mask, self.input_shape)

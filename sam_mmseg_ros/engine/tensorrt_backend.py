@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS
-from sam_mmseg_ros.engine.base import check_outputs, validate_inputs
+from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, validate_inputs
 from sam_mmseg_ros.engine.engine_cache import (
     EngineCacheError,
     EngineKey,
@@ -256,7 +256,7 @@ class _CudaGraph:
         self._exec = self._graph = ctypes.c_void_p()
 
 
-class TensorRTBackend:
+class TensorRTBackend(DummyFrameWarmup):
     """Backend protocol (engine/base.py) on a TensorRT engine file with a cache record.
 
     Use `TensorRTBackend.from_onnx(...)` to build-or-load through the engine cache.
@@ -369,12 +369,6 @@ class TensorRTBackend:
             self._log.warning("CUDA graph capture not available (%s); running without it", exc)
         finally:
             self._cuda.Context.pop()
-
-    def warmup(self, iterations: int = 2) -> None:
-        images = np.zeros(self.input_shape, np.float32)
-        mask = np.ones(self.input_shape[:2], np.float32)
-        for _ in range(iterations):
-            self.infer(images, mask)
 
     def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:
         validate_inputs(images, modality_mask, self.input_shape)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sam_mmseg_ros.contracts import MODALITIES
-from sam_mmseg_ros.engine.base import check_outputs, validate_inputs
+from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, validate_inputs
 from sam_mmseg_ros.model import MoELoRASAM, build_model
 
 LOG = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _class_names(num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
-class TorchBackend:
+class TorchBackend(DummyFrameWarmup):
     """Backend protocol (engine/base.py) on a torch model; fp16 means autocast on CUDA."""
 
     name = "torch"
@@ -99,12 +99,6 @@ class TorchBackend:
         metadata = {"trained": bool(extra.get("trained", True)), "checkpoint": str(path),
                     "model_hash": _file_sha256(path)}
         return cls(model, device, precision, metadata=metadata)
-
-    def warmup(self, iterations: int = 2) -> None:
-        images = np.zeros(self.input_shape, np.float32)
-        mask = np.ones(self.input_shape[:2], np.float32)
-        for _ in range(iterations):
-            self.infer(images, mask)
 
     def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:
         validate_inputs(images, modality_mask, self.input_shape)
