@@ -447,12 +447,12 @@ PRESETS: dict[str, Preset] = {
                     "experts, router and heads learn all modalities with modality dropout",
         base={"model": "tiny", "img_size": 128, "batch_size": 8, "warmup_steps": 50},
         stages=(
-            Stage("pretrain", {"steps": 1500, "lr": 1e-3, "train_encoder": True, "train_experts": False,
+            Stage("pretrain", {"steps": 800, "lr": 1e-3, "train_encoder": True, "train_experts": False,
                                "rgb_only": True, "modality_dropout": 0.0}),
-            Stage("experts", {"steps": 1500, "lr": 1e-3, "train_encoder": False, "train_experts": True,
+            Stage("experts", {"steps": 1000, "lr": 1e-3, "train_encoder": False, "train_experts": True,
                               "rgb_only": False, "modality_dropout": 0.3}),
         ),
-        dataset={"dataset": "synthetic", "train_frames": 512, "val_frames": 64},
+        dataset={"dataset": "synthetic", "train_frames": 1024, "val_frames": 64},
     ),
 }
 
