@@ -44,10 +44,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Generate a short synthetic bag, run the sam_mmseg node on it over DDS, evaluate "
                           "it live and offline, and write a report with figures.")
     parser.add_argument("--output", default="demo_output", help="report folder (replaced)")
-    parser.add_argument("--frames", type=int, default=24, help="camera frames in total, split over the conditions")
-    parser.add_argument("--rate", type=float, default=0.2,
+    parser.add_argument("--frames", type=int, default=48, help="camera frames in total, split over the conditions")
+    parser.add_argument("--rate", type=float, default=0.5,
                         help="replay speed (the bag is 10 Hz; below 1 so a 2-core CPU keeps up without drops)")
-    parser.add_argument("--size", type=_size, default=(160, 120), help="camera size WxH")
+    parser.add_argument("--size", type=_size, default=(256, 256),
+                        help="camera size WxH (the shipped model was trained on square images)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated conditions")
     parser.add_argument("--checkpoint", default=None, help="model weights (default: the shipped model)")
     parser.add_argument("--keep-bag", action="store_true", help="keep the bag as OUTPUT/demo_bag")
