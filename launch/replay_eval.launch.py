@@ -7,8 +7,10 @@ from launch.actions import (
     DeclareLaunchArgument,
     ExecuteProcess,
     IncludeLaunchDescription,
+    RegisterEventHandler,
     SetEnvironmentVariable,
 )
+from launch.event_handlers import OnProcessIO
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.substitutions import FindPackageShare
@@ -17,6 +19,21 @@ from launch import LaunchDescription
 from sam_mmseg_ros.ros.dds import PROFILE_VARIABLE, dds_environment
 
 PACKAGE = "sam_mmseg_ros"
+READY = b"model ready"  # the node's log line once its backend is loaded and warmed up
+
+
+def start_when_node_ready(action) -> RegisterEventHandler:
+    """Run `action` once, when the node logs that its model is ready: a bag replayed while the model
+    still loads (or a TensorRT engine builds) would go by unsegmented."""
+    started = []
+
+    def on_output(event):
+        if not started and READY in event.text:
+            started.append(True)
+            return action
+        return None
+
+    return RegisterEventHandler(OnProcessIO(on_stdout=on_output, on_stderr=on_output))
 
 
 def generate_launch_description():
@@ -27,7 +44,7 @@ def generate_launch_description():
                           "checkpoint": LaunchConfiguration("checkpoint"),
                           "backend": LaunchConfiguration("backend")}.items())
     # `sam-mmseg replay` publishes the bag with its original timing and /clock, over the same
-    # Fast DDS profile as the node.
+    # Fast DDS profile as the node, once the node is ready.
     dds = dds_environment()
     replay = ExecuteProcess(cmd=["sam-mmseg", "replay", LaunchConfiguration("bag"), "--rate",
                                  LaunchConfiguration("rate")], output="screen")
@@ -40,5 +57,5 @@ def generate_launch_description():
         SetEnvironmentVariable(PROFILE_VARIABLE, dds[PROFILE_VARIABLE]),
         SetEnvironmentVariable("RMW_IMPLEMENTATION", dds["RMW_IMPLEMENTATION"]),
         node,
-        replay,
+        start_when_node_ready(replay),
     ])

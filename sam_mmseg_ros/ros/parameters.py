@@ -40,8 +40,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("allow_engine_build", True, "build a TensorRT engine when none valid exists (else fail clearly)"),
     Spec("precision", "fp16", "inference precision", choices=("fp16", "fp32")),
     Spec("device", "", "torch device (cpu, cuda, cuda:1); empty: CUDA when available"),
-    Spec("cpu_threads", 0, "torch CPU threads; 0: torch's default (all cores). 1 is faster on a CPU shared "
-         "with other busy processes (no thread oversubscription)", low=0, high=256),
+    Spec("cpu_threads", 1, "torch CPU threads for CPU inference; 0: torch's default (all cores). 1 by "
+         "default: a node shares the CPU with the rest of the stack, and oversubscribed threads made "
+         "inference ~10x slower on a busy 2-core machine", low=0, high=256),
     Spec("input_size", [0, 0], "model input [height, width] in pixels; [0, 0]: the model's own size",
          low=0, high=4096, length=2),
     Spec("enable.depth", True, "subscribe to ~/input/depth and use it"),

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from sam_mmseg_ros.contracts import BAG_TOPICS
 from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, bag_topics, read_raw
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,14 @@ def _sleep_until(deadline: float, tick, clock_period: float | None, stop_event: 
 
 def replay_bag(path: str | Path, rate: float = 1.0, loop: bool = False, clock: bool = True, node=None,
                stop_event: threading.Event | None = None, topics: list[str] | None = None,
-               reliable: bool = True, clock_hz: float = 100.0, discovery_wait_s: float = 1.0) -> int:
+               reliable: bool = True, clock_hz: float = 100.0, discovery_wait_s: float = 5.0) -> int:
     """Publish the bag's messages with their recorded spacing divided by `rate`; returns how many.
 
     Without `node` a private rclpy context and node are created (the Fast DDS large-data profile
     is put into the environment first, since it is read when the participant is created) and
-    destroyed at the end. Before playing, waits up to `discovery_wait_s` for every topic to have a
-    subscriber, so the first messages are not lost to discovery.
+    destroyed at the end. Before playing, waits up to `discovery_wait_s` for every input topic of the
+    node (contracts.BAG_TOPICS) in the bag to have a subscriber, so the first messages are not lost
+    to discovery.
     """
     if rate <= 0:
         raise ValueError("rate must be > 0")
@@ -108,11 +110,16 @@ def _play(node, path, rate, loop, clock, stop_event, topics, reliable, clock_hz,
 
         clock_pub = node.create_publisher(Clock, "/clock", QoSProfile(depth=10))
         clock_period = 1.0 / clock_hz
+    # Wait for the node's inputs to be matched, not for topics nobody may listen to (ground truth).
+    awaited = [p for t, p in publishers.items() if t in BAG_TOPICS.values()] or list(publishers.values())
     deadline = time.monotonic() + discovery_wait_s
     while time.monotonic() < deadline and not stop_event.is_set():
-        if all(p.get_subscription_count() for p in publishers.values()):
+        if all(p.get_subscription_count() for p in awaited):
             break
         time.sleep(0.02)
+    else:
+        if discovery_wait_s > 0:
+            log.info("playing although not every input topic has a subscriber after %.1f s", discovery_wait_s)
 
     count = 0
     while not stop_event.is_set():
@@ -148,7 +155,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topics", nargs="+", help="only these topics")
     parser.add_argument("--best-effort", action="store_true",
                         help="sensor-data QoS (best effort) instead of reliable publishers")
-    parser.add_argument("--discovery-wait", type=float, default=1.0,
+    parser.add_argument("--discovery-wait", type=float, default=5.0,
                         help="seconds to wait for subscribers before playing")
 
 
