@@ -25,19 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from sam_mmseg_ros.data.bags import parse_size
+
 log = logging.getLogger("sam_mmseg_ros.demo")
 
 CONDITIONS = ("sun", "night", "fog")
 NODE_SCRIPT = Path(sys.executable).parent / "sam_mmseg_node"
 NAMESPACE = "/sam_mmseg"
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 160x120, got '{text}'") from None
-    return width, height
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +41,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=48, help="camera frames in total, split over the conditions")
     parser.add_argument("--rate", type=float, default=0.5,
                         help="replay speed (the bag is 10 Hz; below 1 so a 2-core CPU keeps up without drops)")
-    parser.add_argument("--size", type=_size, default=(256, 256),
+    parser.add_argument("--size", type=parse_size, default=(256, 256),
                         help="camera size WxH (the shipped model was trained on square images)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated conditions")
     parser.add_argument("--checkpoint", default=None, help="model weights (default: the shipped model)")

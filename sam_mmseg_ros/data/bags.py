@@ -253,7 +253,8 @@ def bag_topics(path: str | Path) -> dict[str, tuple[str, list]]:
 # ------------------------------------------------------------------------------- sam-mmseg make-bag
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x480' -> (640, 480), for argparse `type=`."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -276,8 +277,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output bag directory (must not exist)")
     parser.add_argument("--frames", type=int, default=20, help="frames per condition (synthetic), or at most "
                         "this many frames in total (DELIVER; 0 = all)")
-    parser.add_argument("--size", type=_size, default=(640, 480), help="synthetic image size WxH")
-    parser.add_argument("--event-size", type=_size, default=None, help="event sensor WxH (default: --size)")
+    parser.add_argument("--size", type=parse_size, default=(640, 480), help="synthetic image size WxH")
+    parser.add_argument("--event-size", type=parse_size, default=None, help="event sensor WxH (default: --size)")
     parser.add_argument("--conditions", type=_names, default=None,
                         help=f"comma-separated ({','.join(CONDITIONS)}); synthetic: one sequence each, "
                              "default sun; DELIVER: which conditions to take, default all")
