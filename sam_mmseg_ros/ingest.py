@@ -82,8 +82,7 @@ class NodeSettings:
 
     @classmethod
     def from_parameters(cls, p: dict) -> NodeSettings:
-        """Mirror of SamMmsegNode.__init__ / _sync_config / _health_thresholds. `p` maps the
-        node's parameter names to values (`load_parameters`, or the node's own `param`)."""
+        """`p` maps the node's parameter names to values (`load_parameters`, or the node's own)."""
         optional = SYNCED_MODALITIES
         enabled = {"rgb": True, **{m: bool(p[f"enable.{m}"]) for m in optional}}
         sync = SyncConfig(tolerance_ms={m: float(p[f"sync.tolerance_ms.{m}"]) for m in optional},
@@ -92,9 +91,14 @@ class NodeSettings:
                           enabled={m: enabled[m] for m in optional},
                           reset_on_backwards_s=float(p["sync.reset_on_backwards_s"]),
                           max_wait_ms=float(p["sync.max_wait_ms"]))
-        thresholds = HealthThresholds(**{n[len("health."):]: v for n, v in p.items() if n.startswith("health.")})
+        thresholds = health_thresholds(p)
         width, height = (int(v) for v in p["event_sensor_size"])
         return cls(enabled, str(p["event_input"]), (width, height), sync, thresholds)
+
+
+def health_thresholds(p: dict) -> HealthThresholds:
+    """HealthThresholds from the `health.*` parameters (raises on inconsistent values)."""
+    return HealthThresholds(**{n[len("health."):]: v for n, v in p.items() if n.startswith("health.")})
 
 
 def preprocess_config(p: dict, input_size) -> PreprocessConfig:
@@ -143,7 +147,6 @@ class FrameFeeder:
         self.info = info or log.info
         self.camera_size: tuple[int, int] | None = None  # (width, height) of the last RGB image
         self.input_errors: dict[str, str] = {}  # kind -> last decode problem
-        self.ignored: set[str] = set()  # kinds the node would not receive (disabled, other type)
 
     def feed(self, kind: str, msg, now_ns: int) -> FrameBundle | None:
         """One message; returns the assembled bundle for a camera image, else None."""
@@ -155,7 +158,7 @@ class FrameFeeder:
         elif kind not in SYNCED_MODALITIES:
             raise ValueError(f"unknown message kind '{kind}' (expected one of {KINDS})")
         elif not self.settings.enabled[kind]:
-            self.ignored.add(kind)  # the node does not subscribe to a disabled modality
+            pass  # the node does not subscribe to a disabled modality
         elif kind == "event":
             self.receive_events(msg, now_ns)
         elif kind == "depth":
@@ -198,8 +201,7 @@ class FrameFeeder:
         """PointCloud2 events or an event-frame Image, whichever `event_input` subscribes to."""
         is_image = hasattr(msg, "encoding")
         if is_image != (self.settings.event_input == "image"):
-            self.ignored.add("event")  # the node subscribes with the other message type
-            return
+            return  # the node subscribes with the other message type
         if is_image:
             stamped = self._decode("event", msg, image_to_numpy, now_ns)
         else:

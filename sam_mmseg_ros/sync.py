@@ -269,10 +269,6 @@ class FrameAssembler:
             counts["event"] += len(self._event_chunks)
             return counts
 
-    def reset(self, reason: str) -> None:
-        with self._lock:
-            self._reset(reason)
-
     # Everything below runs with the lock held.
 
     def _awaited(self, stamp: int) -> set[str]:

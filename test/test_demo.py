@@ -25,17 +25,19 @@ def test_short_demo_writes_every_file_and_live_matches_offline(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     live, offline, agreement = metrics["live"], metrics["offline"], metrics["live_vs_offline"]
     assert live["camera_frames"] == offline["camera_frames"] == 6
-    assert live["frames"] + live["dropped_frames"] == 6
+    assert live["dropped_frames"] <= 1  # the node keeps up with a 0.2x replay
+    # label_agreement compares the frames both runs scored, so a dropped frame cannot hide a mismatch.
     assert agreement["frames_compared"] == live["frames"] > 0
-    if live["dropped_frames"] == 0:
-        assert agreement["pixel_agreement"] >= 0.99
+    assert agreement["pixel_agreement"] >= 0.99
     assert metrics["node_shutdown"].startswith("shut down cleanly")
     # The staged LiDAR outage (no cloud for frames 2-3): by frame 3 the last cloud is out of
     # tolerance, so the node gives the LiDAR no weight, and the offline run agrees.
-    for result in (live, offline):
-        weights = {row["stamp_ns"]: row["lidar_weight"] for row in result["health_timeline"]}
-        stamps = sorted(weights)
-        assert weights[stamps[0]] > 0 and weights[stamps[3]] == 0 if len(stamps) == 6 else True
+    offline_weights = {row["stamp_ns"]: row["lidar_weight"] for row in offline["health_timeline"]}
+    stamps = sorted(offline_weights)
+    assert len(stamps) == 6 and offline_weights[stamps[0]] > 0 and offline_weights[stamps[3]] == 0
+    live_weights = {row["stamp_ns"]: row["lidar_weight"] for row in live["health_timeline"]}
+    # Live weights come from the health message, rounded to 4 decimals.
+    assert live_weights and all(abs(live_weights[s] - offline_weights[s]) < 1e-3 for s in live_weights)
     assert len(offline["miou"]) > 1  # modality subsets
     report = (out / "report.md").read_text()
     assert "live vs offline" in report and "Latency" in report and "Health" in report

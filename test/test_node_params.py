@@ -43,6 +43,8 @@ def _set(h: Harness, name: str, value) -> tuple[bool, str]:
         pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
     elif isinstance(value, int):
         pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+    elif isinstance(value, str):
+        pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
     else:
         pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(value))
     future = client.call_async(SetParameters.Request(parameters=[Parameter(name=name, value=pv)]))
@@ -71,8 +73,8 @@ def test_thresholds_and_output_toggles_change_at_run_time(checkpoint, monkeypatc
 
         ok, reason = _set(h, "overlay_alpha", 2.0)
         assert not ok and "overlay_alpha" in reason
-        ok, reason = _set(h, "backend", 1)  # read-only after start-up
-        assert not ok
+        ok, reason = _set(h, "backend", "onnxruntime")  # a valid value, but read-only after start-up
+        assert not ok and "read-only" in reason.lower().replace(" ", "-")
 
         assert _set(h, "health.min_points_in_image", 100000) == (True, "")
         changed = time.time_ns()

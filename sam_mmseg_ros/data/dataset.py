@@ -73,7 +73,8 @@ def resize_label(label: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """uint8/int [H, W] class ids -> int64 [h, w], nearest neighbour (never blends ids)."""
     tensor = torch.from_numpy(np.ascontiguousarray(label)).long()
     if tuple(tensor.shape) != tuple(size):
-        tensor = F.interpolate(tensor[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        # nearest-exact samples pixel centres, as the bilinear image resize beside it does.
+        tensor = F.interpolate(tensor[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
     return tensor
 
 

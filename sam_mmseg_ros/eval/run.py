@@ -31,8 +31,6 @@ from sam_mmseg_ros.labels import CLASSES, NUM_CLASSES, overlay
 
 log = logging.getLogger(__name__)
 
-"""std_msgs/String per frame (record time = the camera stamp): weather/lighting of the frame."""
-
 FULL = "RGB-D-E-L"
 SUBSETS: dict[str, tuple[str, ...]] = {
     FULL: MODALITIES,

@@ -48,10 +48,6 @@ def diagnostic_array(stamp, statuses: list[DiagnosticStatus]) -> DiagnosticArray
     return msg
 
 
-def level_of(status: DiagnosticStatus) -> int:
-    return status.level[0] if isinstance(status.level, bytes | bytearray) else int(status.level)
-
-
 def status_signature(statuses: list[DiagnosticStatus]) -> tuple:
     """What 'changed' means for publishing on change: levels and messages, not the live numbers."""
     return tuple((s.name, s.level, s.message) for s in statuses)

@@ -28,15 +28,15 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from sam_mmseg_ros.contracts import INPUT_TOPICS, MODALITIES, NODE_NAME, Stamped
-from sam_mmseg_ros.health import HealthThresholds
 from sam_mmseg_ros.ingest import (
     FrameFeeder,
     NodeSettings,
+    health_thresholds,
     parameter_transform,
     preprocess_config,
     quaternion_matrix,
 )
-from sam_mmseg_ros.labels import PALETTE, colorize, overlay
+from sam_mmseg_ros.labels import colorize, overlay
 from sam_mmseg_ros.pipeline import SegmentationPipeline
 from sam_mmseg_ros.ros import diagnostics as diag
 from sam_mmseg_ros.ros.convert import array_to_pointcloud2, numpy_to_image
@@ -75,7 +75,7 @@ def painted_cloud(xyz: np.ndarray, labels: np.ndarray) -> np.ndarray:
     points = np.zeros(len(labels), dtype=[("x", np.float32), ("y", np.float32), ("z", np.float32),
                                           ("rgb", np.float32), ("label", np.uint8)])
     points["x"], points["y"], points["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    color = np.asarray(PALETTE, np.uint32)[labels]
+    color = colorize(labels[None]).astype(np.uint32)[0]
     packed = (color[:, 0] << 16) | (color[:, 1] << 8) | color[:, 2]
     points["rgb"] = packed.astype(np.uint32).view(np.float32)
     points["label"] = labels
@@ -152,10 +152,9 @@ class SamMmsegNode(Node):
             problem = check(spec, param.value) if spec else None
             if problem:
                 return SetParametersResult(successful=False, reason=problem)
-        changed = {p.name[len("health."):]: p.value for p in params if p.name.startswith("health.")}
-        if changed:
+        if any(p.name.startswith("health.") for p in params):
             try:  # the thresholds check their own consistency (e.g. min < max)
-                self._health_thresholds(changed)
+                health_thresholds({**self._parameter_values(), **{p.name: p.value for p in params}})
             except (TypeError, ValueError) as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
@@ -165,13 +164,8 @@ class SamMmsegNode(Node):
         for m in OPTIONAL:  # a plain dict the assembler reads per frame: one item assignment each
             self.assembler.config.tolerance_ms[m] = float(self.param(f"sync.tolerance_ms.{m}"))
         if any(n.startswith("health.") for n in names):
-            self.health.thresholds = self._health_thresholds()
+            self.health.thresholds = health_thresholds(self._parameter_values())
         self.get_logger().info(f"parameters changed: {', '.join(sorted(names))}")
-
-    def _health_thresholds(self, overrides: dict | None = None) -> HealthThresholds:
-        values = {n[len("health."):]: self.param(n) for n in self.specs if n.startswith("health.")}
-        values.update(overrides or {})
-        return HealthThresholds(**values)
 
     def _make_tf_buffer(self):
         """tf2 is optional: without tf2_ros the parameters are the only source of T_camera_lidar."""
@@ -312,7 +306,7 @@ class SamMmsegNode(Node):
         bundle = self.feeder.assemble(rgb)
         lidar_frame = bundle.lidar.frame_id if bundle.lidar is not None else ""
         T = self._lookup_transform(header.frame_id, lidar_frame)
-        if T is not self._pipeline.preprocess_config.T_camera_lidar:
+        if not np.array_equal(T, self._pipeline.preprocess_config.T_camera_lidar):
             self._pipeline.preprocess_config = dataclasses.replace(self._pipeline.preprocess_config,
                                                                    T_camera_lidar=T)
         wanted = {name: bool(self.param(f"publish.{name}")) and self.pub[name].get_subscription_count() > 0

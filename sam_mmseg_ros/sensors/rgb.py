@@ -78,12 +78,6 @@ def encode_rgb(image: ImageData, size: tuple[int, int] = (512, 512), method: str
     return _normalize_pixels(pixels, order, size, method, out), stats
 
 
-def normalize_resized(rgb: np.ndarray, size: tuple[int, int], method: str = "area",
-                      out: np.ndarray | None = None) -> np.ndarray:
-    """Resize [H, W, 3] uint8 RGB to `size` and normalize it into [3, h, w] float32."""
-    return _normalize_pixels(rgb, (0, 1, 2), size, method, out)
-
-
 def _decode(image: ImageData) -> tuple[np.ndarray, tuple[int, int, int]]:
     """(uint8 [H, W, C] pixels in the message's channel layout, index of R, G, B among them)."""
     layout = _LAYOUTS.get(image.encoding)
