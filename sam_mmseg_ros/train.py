@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -80,11 +80,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {unknown}")
-        return cls(**data)
+        from sam_mmseg_ros.model.config import dataclass_from_dict
+
+        return dataclass_from_dict(cls, data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,13 +253,11 @@ def _restore_rng_states(rng: dict, runtime: _Runtime) -> None:
 
 def _save(path: Path, model: nn.Module, config: TrainConfig, step: int, optimizer, scheduler, scaler,
           rng: dict) -> None:
-    """Atomic write: a crash mid-save leaves the previous checkpoint intact."""
+    """save_checkpoint writes atomically: a crash mid-save leaves the previous checkpoint intact."""
     from sam_mmseg_ros.model.checkpoint import save_checkpoint
 
-    tmp = path.with_suffix(".tmp")
-    save_checkpoint(tmp, model, train_config=config.to_dict(), step=step, optimizer=optimizer.state_dict(),
+    save_checkpoint(path, model, train_config=config.to_dict(), step=step, optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng)
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -493,7 +489,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Train MoE-LoRA SAM. Single process: `sam-mmseg train ...`; several: "
                           "`torchrun --nproc_per_node N -m sam_mmseg_ros.cli train ...`.")
     parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="multi-stage recipe; the options below override its values in every stage")
+                        help="multi-stage recipe; the options below override its values in every stage. "
+                             + " ".join(f"{name}: {p.description}." for name, p in sorted(PRESETS.items())))
     parser.add_argument("--dataset", choices=("deliver", "synthetic"), help="default: the preset's, else deliver")
     parser.add_argument("--data-root", help="DELIVER folder (with img/, hha/, event/, lidar/, semantic/)")
     parser.add_argument("--conditions", nargs="+", help="DELIVER conditions (default: all five)")

@@ -137,8 +137,6 @@ class DeliverDataset(Dataset):
     ImageNet-normalized, HHA / event / LiDAR scaled to [0, 1]; modalities not listed in
     `modalities` are absent slots (mask 0, zeros) and their files are not read."""
 
-    num_classes = DELIVER_NUM_CLASSES
-
     def __init__(self, root: str | Path, split: str = "train", conditions: Sequence[str] | None = None,
                  size: tuple[int, int] = (1024, 1024), modalities: Sequence[str] = MODALITIES):
         unknown = sorted(set(modalities) - set(MODALITIES))

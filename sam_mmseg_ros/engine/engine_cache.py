@@ -138,7 +138,7 @@ def check_engine(engine_path: str | os.PathLike, key: EngineKey) -> CacheCheck:
     return CacheCheck(True, f"{engine_path} matches {key.digest()}")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temporary file and rename, so a crash or a second process never leaves a
     half-written engine that looks valid."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,9 +158,9 @@ def store_engine(engine_path: str | os.PathLike, key: EngineKey, engine_bytes: b
     engine_path = Path(engine_path)
     meta_path = sidecar_path(engine_path)
     meta_path.unlink(missing_ok=True)
-    _atomic_write(engine_path, bytes(engine_bytes))
+    atomic_write(engine_path, bytes(engine_bytes))
     record = {"key": key.to_dict(), "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(), **extra}
-    _atomic_write(meta_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(meta_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     return engine_path
 
 

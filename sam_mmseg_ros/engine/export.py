@@ -298,10 +298,12 @@ def cached_export(checkpoint: str | os.PathLike | None, cache_dir: str | os.Path
     checkpoint replaced in place is noticed. fp16 is derived from the cached fp32 export.
     """
     from sam_mmseg_ros.engine.engine_cache import file_sha256
+    from sam_mmseg_ros.model.checkpoint import default_checkpoint_path
 
-    if checkpoint is not None:
-        identity = file_sha256(checkpoint)
-    else:
+    source = checkpoint if checkpoint is not None else default_checkpoint_path()
+    if source is not None:
+        identity = file_sha256(source)
+    else:  # no shipped model: the seeded untrained one, identified by its weights
         from sam_mmseg_ros.engine.torch_backend import TorchBackend
 
         identity = TorchBackend.from_checkpoint(None, "cpu").metadata["model_hash"]

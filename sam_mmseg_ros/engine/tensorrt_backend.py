@@ -26,6 +26,7 @@ from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, validate_
 from sam_mmseg_ros.engine.engine_cache import (
     EngineCacheError,
     EngineKey,
+    atomic_write,
     check_engine,
     default_cache_dir,
     default_engine_path,
@@ -180,11 +181,7 @@ def build_engine_bytes(onnx_path: str | os.PathLike, *, workspace_mib: int = DEF
     log.info("built TensorRT engine from %s in %.1f s (%.1f MB)", onnx_path, time.monotonic() - started,
              serialized.nbytes / 1e6)
     if timing_cache is not None:
-        path = Path(timing_cache)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-        os.replace(tmp, path)
+        atomic_write(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from sam_mmseg_ros.contracts import MODALITIES
 from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, validate_inputs
+from sam_mmseg_ros.engine.engine_cache import file_sha256
 from sam_mmseg_ros.model import MoELoRASAM, build_model
 
 LOG = logging.getLogger(__name__)
@@ -31,14 +32,6 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -97,7 +90,7 @@ class TorchBackend(DummyFrameWarmup):
             return cls(model, device, precision, metadata={"trained": False, "checkpoint": None})
         model, extra = load_checkpoint(path, map_location="cpu")
         metadata = {"trained": bool(extra.get("trained", True)), "checkpoint": str(path),
-                    "model_hash": _file_sha256(path)}
+                    "model_hash": file_sha256(path)}
         return cls(model, device, precision, metadata=metadata)
 
     def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:

@@ -48,7 +48,10 @@ def save_checkpoint(path: str | os.PathLike, model: MoELoRASAM, **extra) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
-    torch.save(payload, path)
+    # Write then rename: a crash mid-save never leaves a truncated checkpoint under `path`.
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
     return path
 
 

@@ -53,11 +53,6 @@ class ModelConfig:
         if problems:
             raise ValueError(f"invalid ModelConfig {self.name!r}: " + "; ".join(problems))
 
-    @property
-    def grid_size(self) -> int:
-        """Side of the token grid (and of the image embedding)."""
-        return self.img_size // self.patch_size
-
     def to_dict(self) -> dict:
         """Plain types only (lists, ints, floats, str, None), safe for weights_only checkpoints."""
         d = asdict(self)
@@ -67,14 +62,19 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {unknown}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
     def with_overrides(self, **overrides) -> ModelConfig:
         return replace(self, **overrides)
+
+
+def dataclass_from_dict(cls, data: dict):
+    """cls(**data), naming the keys that are not fields (a foreign or newer file) instead of a bare
+    TypeError."""
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    return cls(**data)
 
 
 MODEL_CONFIGS: dict[str, ModelConfig] = {

@@ -83,7 +83,6 @@ class ImageEncoderViT(nn.Module):
         lora_alpha: float = 8.0,
     ) -> None:
         super().__init__()
-        self.img_size = img_size
         self.feature_indexes = tuple(feature_indexes)
         self.num_experts = num_experts
         grid = img_size // patch_size
