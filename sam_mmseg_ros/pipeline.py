@@ -59,6 +59,8 @@ class SegmentationPipeline:
         self.preprocess_config = preprocess_config
         self.health_monitor = health_monitor
         self._images: np.ndarray | None = None  # model input buffer, reused: infer is synchronous
+        self._mask: np.ndarray | None = None  # modality mask of the last frame run
+        self._camera_size: tuple[int, int] = (0, 0)  # (height, width) of the last frame run
 
     def run(self, bundle: FrameBundle, now_ns: int, paint: bool = True) -> FrameResult:
         """Segment `bundle`. `paint=False` skips the painted LiDAR cloud (nobody subscribes)."""
@@ -69,11 +71,12 @@ class SegmentationPipeline:
         encoded = preprocess(bundle, self.preprocess_config, out=self._images)
         errors = dict(encoded.errors)
         t1 = time.perf_counter()
-        out = self.backend.infer(encoded.model_input.images, encoded.model_input.modality_mask)
+        self._mask = encoded.model_input.modality_mask
+        out = self.backend.infer(encoded.model_input.images, self._mask)
         t2 = time.perf_counter()
 
         rgb = encoded.rgb_uint8  # None when the camera image itself could not be encoded
-        height, width = (rgb if rgb is not None else bundle.rgb.array).shape[:2]
+        height, width = self._camera_size = (rgb if rgb is not None else bundle.rgb.array).shape[:2]
         labels = resize_nearest(np.asarray(out["labels"])[0], height, width).astype(np.uint8)
         confidence = resize_nearest(np.asarray(out["confidence"])[0], height, width).astype(np.float32)
         router_weights = np.asarray(out["router_weights"], np.float32).reshape(-1)[: len(MODALITIES)]
@@ -93,3 +96,11 @@ class SegmentationPipeline:
                    "postprocess": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
         return FrameResult(bundle.stamp_ns, bundle.frame_id, labels, confidence, router_weights, health,
                            painted, timings, errors, rgb)
+
+    def labels_with_only(self, keep: tuple[str, ...]) -> np.ndarray:
+        """Labels of the frame `run` just segmented, as if only the `keep` modalities had been
+        present (evaluation of sensor failures). The encoded input is reused with the other slots
+        zeroed and masked: exactly what `preprocess` gives a modality that is absent."""
+        mask = self._mask * np.array([[m in keep for m in MODALITIES]], np.float32)
+        out = self.backend.infer(self._images * mask[:, :, None, None, None], mask)
+        return resize_nearest(np.asarray(out["labels"])[0], *self._camera_size).astype(np.uint8)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -25,10 +27,12 @@ class StripesBackend:
 
     def __init__(self):
         self.masks = []
+        self.images = []
 
     def infer(self, images, modality_mask):
         assert images.shape == self.input_shape and images.dtype == np.float32
         self.masks.append(modality_mask.copy())
+        self.images.append(images.copy())
         cols = np.arange(INPUT[1]) * 4 // INPUT[1]
         labels = np.broadcast_to(cols, INPUT)[None].astype(np.int32)
         weights = modality_mask / modality_mask.sum()
@@ -122,3 +126,22 @@ def test_absent_modality_gets_weight_zero_and_its_reason():
 def test_transform_points_applies_rotation_then_translation():
     T = np.array([[0, -1, 0, 1], [0, 0, -1, 2], [1, 0, 0, 3], [0, 0, 0, 1]], float)
     np.testing.assert_allclose(transform_points(T, np.array([[10.0, 1.0, 2.0]])), [[0.0, 0.0, 13.0]])
+
+
+@pytest.mark.parametrize("keep", [("rgb",), ("rgb", "depth"), ("rgb", "depth", "event"), ("rgb", "event", "lidar")])
+def test_labels_with_only_equal_a_run_without_the_other_sensors(keep):
+    """Evaluation reuses one encoding per frame for every modality subset: the model input must be
+    exactly what the pipeline builds when those sensors are really absent."""
+    pipeline = make_pipeline()
+    bundle = make_bundle()
+    full = pipeline.run(bundle, bundle.stamp_ns)
+    subset_labels = pipeline.labels_with_only(keep)
+    masked_images, masked_mask = pipeline.backend.images[-1], pipeline.backend.masks[-1]
+
+    removed = {m: None for m in MODALITIES if m not in keep}
+    reference = make_pipeline()
+    alone = reference.run(replace(bundle, absent={m: "removed" for m in removed}, **removed), bundle.stamp_ns)
+    np.testing.assert_array_equal(masked_mask, reference.backend.masks[-1])
+    np.testing.assert_array_equal(masked_images, reference.backend.images[-1])
+    np.testing.assert_array_equal(subset_labels, alone.labels)
+    assert masked_mask.sum() == len(keep) < full.router_weights.size

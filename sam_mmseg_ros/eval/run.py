@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,6 @@ from sam_mmseg_ros.contracts import (
     GROUND_TRUTH_TOPIC,
     HEALTH_STATES,
     MODALITIES,
-    FrameBundle,
 )
 from sam_mmseg_ros.eval.metrics import ConfusionMatrix
 from sam_mmseg_ros.labels import CLASSES, NUM_CLASSES, overlay
@@ -49,15 +48,6 @@ def percentiles(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, np.float64)
     return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
             "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": int(a.size)}
-
-
-def remove_modalities(bundle: FrameBundle, keep: tuple[str, ...]) -> FrameBundle:
-    """The bundle as the node would assemble it if the other sensors had failed."""
-    removed = {m: None for m in MODALITIES if m not in keep}
-    absent = dict(bundle.absent)
-    absent.update({m: "removed for evaluation" for m in removed})
-    stamps = {m: s for m, s in bundle.stamps.items() if m in keep}
-    return replace(bundle, absent=absent, stamps=stamps, **removed)
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -167,23 +157,18 @@ def read_ground_truth(path: str | Path) -> tuple[dict[int, np.ndarray], dict[int
 def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = None, overrides: dict | None = None,
                  subsets: dict[str, tuple[str, ...]] = SUBSETS, progress: bool = True,
                  max_frames: int | None = None, keep_labels: bool = False) -> EvalResult:
-    """One pass over the bag: every camera frame is assembled once, as the node does, then
-    segmented once per modality subset. Health, latency and the timeline come from the full set;
-    the other subsets run on their own pipelines so their health never mixes in."""
+    """One pass over the bag: every camera frame is assembled and encoded once, as the node does,
+    then inferred once per modality subset with the removed modalities masked out. Health,
+    latency and the timeline come from the full set."""
     from tqdm import tqdm
 
     from sam_mmseg_ros.contracts import BAG_TOPICS
     from sam_mmseg_ros.data.bags import read_bag
-    from sam_mmseg_ros.health import HealthMonitor
     from sam_mmseg_ros.ingest import build_offline_pipeline, topic_kinds
-    from sam_mmseg_ros.pipeline import SegmentationPipeline
     from sam_mmseg_ros.ros.convert import image_to_numpy, stamp_to_ns
 
     subsets = {FULL: MODALITIES, **subsets}  # health and latency come from the full set
-    feeder, full_pipeline = build_offline_pipeline(backend, params_file, overrides)
-    pipelines = {name: full_pipeline if name == FULL else SegmentationPipeline(
-        backend, full_pipeline.preprocess_config, HealthMonitor(feeder.settings.thresholds, feeder.settings.enabled))
-        for name in subsets}
+    feeder, pipeline = build_offline_pipeline(backend, params_file, overrides)
     kinds = topic_kinds(BAG_TOPICS)
     result = EvalResult(source=str(path), mode="offline", model=backend_info(backend),
                         labels={} if keep_labels else None)
@@ -207,13 +192,9 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
             if bundle is None:
                 continue
             assemble_ms = (time.perf_counter() - t0) * 1e3
-            labels = {}
-            for name, keep in subsets.items():
-                frame = bundle if name == FULL else remove_modalities(bundle, keep)
-                out = pipelines[name].run(frame, stamp_ns, paint=False)
-                labels[name] = out.labels
-                if name == FULL:
-                    full = out
+            full = pipeline.run(bundle, stamp_ns, paint=False)
+            labels = {name: full.labels if name == FULL else pipeline.labels_with_only(keep)
+                      for name, keep in subsets.items()}
             result.timings_ms["assemble"].append(assemble_ms)
             for stage, ms in full.timings_ms.items():
                 result.timings_ms[stage].append(ms)
