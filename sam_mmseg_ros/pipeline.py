@@ -42,12 +42,6 @@ def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return array[rows[:, None], cols[None, :]]
 
 
-def transform_points(T: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-    """Apply a 4x4 rigid transform to [N, 3] points."""
-    T = np.asarray(T, np.float64)
-    return (np.asarray(xyz, np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
-
-
 class SegmentationPipeline:
     """Runs one camera frame through preprocessing, the backend and postprocessing.
 
@@ -84,9 +78,7 @@ class SegmentationPipeline:
         painted = None
         projected = encoded.projected_lidar
         if paint and projected is not None and bundle.lidar is not None:
-            index = np.asarray(projected.index)
-            xyz = transform_points(self.preprocess_config.T_camera_lidar, bundle.lidar.xyz[index])
-            painted = (xyz, labels[np.asarray(projected.row), np.asarray(projected.col)])
+            painted = (projected.camera_xyz(), labels[projected.row, projected.col])
 
         for modality, reason in errors.items():
             self.health_monitor.mark_invalid(modality, reason, now_ns)

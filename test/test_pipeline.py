@@ -9,8 +9,9 @@ import pytest
 
 from sam_mmseg_ros.contracts import MODALITIES, EventArray, FrameBundle, ImageData, PointCloud
 from sam_mmseg_ros.health import HealthMonitor, HealthThresholds
-from sam_mmseg_ros.pipeline import FrameResult, SegmentationPipeline, resize_nearest, transform_points
+from sam_mmseg_ros.pipeline import FrameResult, SegmentationPipeline, resize_nearest
 from sam_mmseg_ros.sensors.camera import CameraModel
+from sam_mmseg_ros.sensors.lidar import project_points
 from sam_mmseg_ros.sensors.preprocess import PreprocessConfig
 
 H, W = 48, 64  # camera
@@ -123,9 +124,16 @@ def test_absent_modality_gets_weight_zero_and_its_reason():
     assert result.health["depth"].state == "stale" and "300 ms" in result.health["depth"].reason
 
 
-def test_transform_points_applies_rotation_then_translation():
-    T = np.array([[0, -1, 0, 1], [0, 0, -1, 2], [1, 0, 0, 3], [0, 0, 0, 1]], float)
-    np.testing.assert_allclose(transform_points(T, np.array([[10.0, 1.0, 2.0]])), [[0.0, 0.0, 13.0]])
+def test_projected_points_give_camera_frame_positions_of_a_rotated_lidar():
+    # x-forward LiDAR 0.5 m behind and 0.2 m above the camera: camera = R @ lidar + t.
+    T = np.array([[0, -1, 0, 0.0], [0, 0, -1, -0.2], [1, 0, 0, -0.5], [0, 0, 0, 1]], float)
+    rng = np.random.default_rng(1)
+    xyz = np.column_stack([rng.uniform(5, 30, 200), rng.uniform(-8, 8, 200), rng.uniform(-2, 2, 200)])
+    cloud = PointCloud(xyz.astype(np.float32), None, "lidar")
+    projected = project_points(cloud, T, CameraModel.from_fov(W, H, 90.0, "cam"))
+    expected = xyz[projected.index] @ T[:3, :3].T + T[:3, 3]
+    assert len(projected) > 50
+    np.testing.assert_allclose(projected.camera_xyz(), expected, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("keep", [("rgb",), ("rgb", "depth"), ("rgb", "depth", "event"), ("rgb", "event", "lidar")])

@@ -45,6 +45,8 @@ class ProjectedPoints:
     u: np.ndarray  # float32 [K] column, pixel centres at integers
     v: np.ndarray  # float32 [K] row
     depth: np.ndarray  # float32 [K] z in the camera optical frame, metres
+    xn: np.ndarray  # float32 [K] x/z in the camera optical frame (before distortion)
+    yn: np.ndarray  # float32 [K] y/z
     intensity: np.ndarray | None  # float32 [K], None when the cloud has none
     row: np.ndarray  # int64 [K] pixel row at camera resolution
     col: np.ndarray  # int64 [K]
@@ -55,6 +57,11 @@ class ProjectedPoints:
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
+
+    def camera_xyz(self) -> np.ndarray:
+        """float32 [K, 3] positions in the camera optical frame (for painting the cloud), from
+        what the projection already computed rather than a second transform."""
+        return np.stack([self.xn * self.depth, self.yn * self.depth, self.depth], axis=1)
 
     def pixels_at(self, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """(row, col) of each point in an image scaled to `size` = (H, W), consistent with
@@ -142,12 +149,14 @@ def project_points(cloud: PointCloud, T_camera_lidar: np.ndarray, camera: Camera
     row = np.floor(v + np.float32(0.5))
     inside = (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
     if not inside.all():  # only the cut's one-step margin falls outside
-        candidate, u, v, z, row, col = (a[inside] for a in (candidate, u, v, z, row, col))
+        candidate, u, v, z, xn, yn, row, col = (a[inside] for a in (candidate, u, v, z, xn, yn, row, col))
     return ProjectedPoints(
         index=candidate,
         u=u,
         v=v,
         depth=z,
+        xn=xn,
+        yn=yn,
         intensity=None if intensity is None else np.take(intensity, candidate).astype(np.float32, copy=False),
         row=row.astype(np.int64),
         col=col.astype(np.int64),
