@@ -1,8 +1,6 @@
 """rosbag2 writing/reading (mcap and sqlite3), make-bag CLI, DELIVER conversion, DDS replay."""
 
-import os
 import random
-import subprocess
 import sys
 import textwrap
 
@@ -13,6 +11,7 @@ from sam_mmseg_ros.cli import main as cli_main
 from sam_mmseg_ros.contracts import BAG_TOPICS, CAMERA_RECORD_DELAY_NS, CONDITION_TOPIC, GROUND_TRUTH_TOPIC
 from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, bag_topics, read_bag, read_raw, write_bag
 from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
+from sam_mmseg_ros.ingest import quaternion_matrix
 from sam_mmseg_ros.ros.convert import (
     camera_info_to_model,
     image_to_numpy,
@@ -27,12 +26,6 @@ def frames():
     config = SequenceConfig(width=64, height=48, num_frames=3, lidar_columns=256, event_width=32,
                             event_height=24, seed=5)
     return list(generate_sequence(config))
-
-
-def quaternion_matrix(x, y, z, w):
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
@@ -52,7 +45,7 @@ def test_round_trip_equals_frames(tmp_path, frames, storage):
     assert (transform.header.frame_id, transform.child_frame_id) == ("camera_optical_frame", "lidar")
     q = transform.transform.rotation
     T = frames[0].T_camera_lidar
-    assert np.allclose(quaternion_matrix(q.x, q.y, q.z, q.w), T[:3, :3], atol=1e-9)
+    assert np.allclose(quaternion_matrix([0, 0, 0], [q.x, q.y, q.z, q.w])[:3, :3], T[:3, :3], atol=1e-9)
     t = transform.transform.translation
     assert np.allclose([t.x, t.y, t.z], T[:3, 3])
     qos = bag_topics(bag)[TF_STATIC_TOPIC][1]
@@ -140,26 +133,22 @@ SUBSCRIBER = textwrap.dedent("""
 
 
 @pytest.mark.ros
-def test_replay_over_dds(tmp_path, frames):
-    from sam_mmseg_ros.ros.dds import dds_environment
+def test_replay_over_dds(tmp_path, frames, monkeypatch):
+    from ros_helpers import RosProcess, random_domain_id, ros_env
+
     from sam_mmseg_ros.ros.replay import replay_bag
 
     bag = tmp_path / "bag"
     write_bag(frames, bag, "mcap")
-    domain = str(100 + random.randrange(100))
-    env = dds_environment({**os.environ, "ROS_DOMAIN_ID": domain})
-    probe = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, "20", str(len(frames))], env=env,
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert probe.stdout.readline().strip() == "ready"
-        os.environ["ROS_DOMAIN_ID"] = domain
+    domain = random_domain_id()
+    with RosProcess([sys.executable, "-c", SUBSCRIBER, "20", str(len(frames))], ros_env(domain)) as probe:
+        probe.wait_for("^ready$", timeout=60)
+        monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
         # waits (up to 10 s) until the probe's subscriptions are discovered, then plays
         published = replay_bag(bag, rate=1.0, clock=True, discovery_wait_s=10.0,
-                               topics=[BAG_TOPICS["rgb"], BAG_TOPICS["lidar"]])
-        out, _ = probe.communicate(timeout=30)
-    finally:
-        os.environ.pop("ROS_DOMAIN_ID", None)
-        probe.kill()
+                                topics=[BAG_TOPICS["rgb"], BAG_TOPICS["lidar"]])
+        probe.wait(timeout=30)
+        out = probe.lines[-1]
     assert published == 2 * len(frames)
     n_rgb, n_lidar, n_clock, clock_min, clock_max, stamps = out.split()
     assert int(n_rgb) == len(frames) and int(n_lidar) == len(frames)
