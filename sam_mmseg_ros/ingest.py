@@ -141,7 +141,8 @@ class FrameFeeder:
     def __init__(self, settings: NodeSettings, health: HealthMonitor | None = None,
                  warn: Callable[[str], None] | None = None, info: Callable[[str], None] | None = None):
         self.settings = settings
-        self.assembler = FrameAssembler(settings.sync)
+        self.assembler = FrameAssembler(settings.sync,
+                                        on_reset=lambda reason: self.warn(f"time went backwards: {reason}"))
         self.health = health or HealthMonitor(settings.thresholds, settings.enabled)
         self.warn = warn or log.warning
         self.info = info or log.info
@@ -181,11 +182,7 @@ class FrameFeeder:
         before the image is already buffered, and a wall-clock wait would change nothing."""
         if wait:
             self.assembler.wait_for_partners(camera.stamp_ns)
-        resets = self.assembler.resets
-        bundle = self.assembler.assemble(camera)
-        if self.assembler.resets != resets:
-            self.warn(f"time went backwards: {self.assembler.last_reset_reason}")
-        return bundle
+        return self.assembler.assemble(camera)
 
     def receive_camera_info(self, msg) -> None:
         try:
@@ -228,9 +225,7 @@ class FrameFeeder:
 
     def _buffer(self, modality: str, stamped: Stamped | None) -> None:
         if stamped is not None:
-            reset = self.assembler.add(modality, stamped)
-            if reset:
-                self.warn(f"time went backwards: {reset}")
+            self.assembler.add(modality, stamped)
 
     def _event_size(self) -> tuple[int, int]:
         width, height = self.settings.event_sensor_size

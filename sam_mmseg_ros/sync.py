@@ -177,11 +177,13 @@ class FrameAssembler:
 
     A stamp older than the newest one seen on the same stream by more than `reset_on_backwards_s`
     (a looping bag, a restarted simulator) clears every buffer: mixing two timelines would pair
-    unrelated messages. `resets` counts these and `last_reset_reason` says what happened.
+    unrelated messages. `resets` counts these, `last_reset_reason` says what happened, and
+    `on_reset(reason)` (optional) is called once per reset, outside the lock, whichever call found it.
     """
 
-    def __init__(self, config: SyncConfig | None = None):
+    def __init__(self, config: SyncConfig | None = None, on_reset=None):
         self.config = config or SyncConfig()
+        self.on_reset = on_reset
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)  # notified by `add`, waited on by `wait_for_partners`
         self._buffers = {m: _StampBuffer(int(self.config.buffer_size[m])) for m in SYNCED_MODALITIES}
@@ -214,7 +216,8 @@ class FrameAssembler:
             else:
                 self._buffers[modality].insert(item)
             self._arrived.notify_all()
-            return reset
+        self._report_reset(reset)
+        return reset
 
     def awaited(self, camera_stamp_ns: int) -> set[str]:
         """Enabled modalities whose message for this camera stamp has probably not arrived yet but
@@ -240,7 +243,7 @@ class FrameAssembler:
         stamp = rgb.stamp_ns
         event_parts: list[EventArray] | None = None
         with self._lock:
-            self._check_time("rgb", stamp)
+            reset = self._check_time("rgb", stamp)
             bundle = FrameBundle(stamp_ns=stamp, frame_id=rgb.frame_id, rgb=rgb.data, camera=self._camera,
                                  stamps={"rgb": stamp})
             never = NEVER_SINCE_RESET if self.resets else NEVER_RECEIVED
@@ -260,7 +263,12 @@ class FrameAssembler:
             else:  # chunks overlapped the window by their range but no event fell inside it
                 bundle.event = None
                 bundle.absent["event"] = f"no events in the {self.config.event_window_ms:g} ms window"
+        self._report_reset(reset)
         return bundle
+
+    def _report_reset(self, reason: str | None) -> None:
+        if reason and self.on_reset is not None:
+            self.on_reset(reason)
 
     def buffered(self) -> dict[str, int]:
         """Messages (event chunks for events) held per modality, for diagnostics and tests."""

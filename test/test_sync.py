@@ -145,7 +145,8 @@ def test_event_frames_use_the_nearest_rule():
 
 
 def test_backwards_jump_resets_every_buffer():
-    asm = FrameAssembler()
+    reported = []
+    asm = FrameAssembler(on_reset=reported.append)
     for ms in range(9_000, 10_001, 100):
         asm.add("depth", at(ms, image()))
         asm.add("lidar", at(ms, cloud()))
@@ -162,6 +163,7 @@ def test_backwards_jump_resets_every_buffer():
     asm.assemble(camera_frame(1_000))
     assert asm.resets == 2 and asm.last_reset_reason.startswith("rgb stamp jumped back 4.000 s")
     assert asm.buffered() == {"depth": 0, "event": 0, "lidar": 0}
+    assert reported == [reason, asm.last_reset_reason]  # once per reset, from add and from assemble
 
 
 def test_concurrent_adds_and_assembly():
