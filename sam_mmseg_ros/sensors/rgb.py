@@ -46,7 +46,11 @@ def rgb_to_uint8(image: ImageData) -> np.ndarray:
     8-bit colour orders are views of the message buffer (read-only, possibly non-contiguous);
     mono is broadcast to three channels without copying; 16-bit keeps the high byte.
     """
-    pixels, order = _decode(image)
+    return _as_rgb(*_decode(image))
+
+
+def _as_rgb(pixels: np.ndarray, order: tuple[int, int, int]) -> np.ndarray:
+    """RGB view of decoded pixels in their own channel layout."""
     if pixels.shape[2] == 1:
         return np.broadcast_to(pixels, (*pixels.shape[:2], 3))
     return pixels[:, :, :3] if order == (0, 1, 2) else pixels[:, :, 2::-1]
@@ -74,7 +78,7 @@ def encode_rgb(image: ImageData, size: tuple[int, int] = (512, 512), method: str
     layout (bgr8, rgba8...), so no reordered copy of the full frame is made.
     """
     pixels, order = _decode(image)
-    stats = exposure_stats(rgb_to_uint8(image))
+    stats = exposure_stats(_as_rgb(pixels, order))
     return _normalize_pixels(pixels, order, size, method, out), stats
 
 
