@@ -14,6 +14,9 @@ import numpy as np
 from sam_mmseg_ros.contracts import InputError
 
 DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "none", "")
+DISTORTION_CLAMP = 2.0
+"""`project` clamps normalized coordinates (x/z, y/z) to +-this before distorting: the distortion
+polynomials diverge far outside the field of view."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,8 +149,7 @@ class CameraModel:
         safe_z = np.where(in_front, z, 1.0)
         xn, yn = pts[:, 0] / safe_z, pts[:, 1] / safe_z
         if self.has_distortion:
-            # Distortion polynomials diverge far outside the field of view; clamp first.
-            lim = 2.0
+            lim = DISTORTION_CLAMP
             xn, yn = np.clip(xn, -lim, lim), np.clip(yn, -lim, lim)
         u, v = self.to_pixels(xn, yn)
         return u, v, z, in_front

@@ -25,12 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from sam_mmseg_ros.contracts import InputError, PointCloud
-from sam_mmseg_ros.sensors.camera import CameraModel
+from sam_mmseg_ros.sensors.camera import DISTORTION_CLAMP, CameraModel
 
 MIN_DEPTH_M = 0.1
 """Points closer than this to the camera plane are dropped (sensor housing, ego vehicle)."""
 
-_PROJECT_CLAMP = 2.0  # CameraModel.project clamps normalized coordinates to +-2 when distorting
 
 
 @dataclass
@@ -263,10 +262,10 @@ def _candidate_region(camera: CameraModel) -> tuple[float, float, float, float, 
     if region is None:
         r_fold = None
         if camera.has_distortion:
-            r = np.linspace(0.0, _PROJECT_CLAMP, 4001)
+            r = np.linspace(0.0, DISTORTION_CLAMP, 4001)
             rd, _ = camera.distort(r, np.zeros_like(r))
             falling = np.flatnonzero(np.diff(rd) <= 0)
-            r_fold = float(r[falling[0]]) if falling.size else _PROJECT_CLAMP
+            r_fold = float(r[falling[0]]) if falling.size else DISTORTION_CLAMP
             extent = r_fold
         else:
             u = np.array([-0.5, camera.width - 0.5])[:, None]
