@@ -22,6 +22,7 @@ import numpy as np
 
 from sam_mmseg_ros.contracts import EventArray, FrameBundle, ImageData, PointCloud
 from sam_mmseg_ros.labels import CLASSES, class_id
+from sam_mmseg_ros.pipeline import resize_nearest
 from sam_mmseg_ros.sensors.camera import CameraModel
 from sam_mmseg_ros.sensors.preprocess import PreprocessConfig, preprocess
 
@@ -908,21 +909,13 @@ class SyntheticDataset:
                                  PreprocessConfig(input_size=self.size, T_camera_lidar=frame.T_camera_lidar))
             sample = {"images": np.asarray(encoded.model_input.images[0], np.float32),
                       "modality_mask": np.asarray(encoded.model_input.modality_mask[0], np.float32),
-                      "label": resize_labels(frame.labels, self.size),
+                      "label": resize_nearest(frame.labels, *self.size),
                       "condition": condition}
             self._cache[first + offset] = sample
             if self.cache_dir is not None:
                 path = self._cache_file(first + offset)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(path, **sample)
-
-
-def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize to (H, W), sampling at pixel centres."""
-    h, w = size
-    rows = np.minimum(((np.arange(h) + 0.5) * labels.shape[0] / h).astype(np.int64), labels.shape[0] - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * labels.shape[1] / w).astype(np.int64), labels.shape[1] - 1)
-    return labels[rows[:, None], cols[None, :]]
 
 
 def class_ids_present(labels: np.ndarray) -> set[str]:
