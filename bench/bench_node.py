@@ -27,7 +27,7 @@ import node_harness  # noqa: E402
 from node_harness import Harness, Rig, node_status, stamp_ns  # noqa: E402
 from ros_helpers import PROFILE_VARIABLE, RosProcess, random_domain_id, ros_env  # noqa: E402
 
-from sam_mmseg_ros.ros.convert import ns_to_stamp  # noqa: E402
+from sam_mmseg_ros.ros.messages import ns_to_stamp  # noqa: E402
 
 NOTE_SLOW = """Inference is slower than the camera here, so the latest-frame-wins queue drops the frames
 the worker cannot take: latency stays bounded (one inference plus at most one camera period of

@@ -150,7 +150,7 @@ def assembly_stage(camera, rgb, depth, cloud, events, repeats):
 
 
 def encoder_stages(size, camera, rgb, depth, events, projected, bundle):
-    config = PreprocessConfig(input_size=size, T_camera_lidar=T_CAMERA_LIDAR)
+    config = PreprocessConfig(input_size=size)
     buffer = allocate_images(size)
     slot = np.empty((3, *size), np.float32)
     return {
@@ -158,7 +158,7 @@ def encoder_stages(size, camera, rgb, depth, events, projected, bundle):
         "depth encode (HHA)": lambda: encode_depth(depth, camera, size, out=slot),
         "LiDAR rasterize + encode": lambda: encode_lidar(rasterize(projected, camera, size), out=slot),
         "event frame (polarity)": lambda: encode_events(events, size, 0.05, out=slot),
-        "full preprocess (4 modalities)": lambda: preprocess(bundle, config, out=buffer),
+        "full preprocess (4 modalities)": lambda: preprocess(bundle, config, T_CAMERA_LIDAR, out=buffer),
     }
 
 

@@ -7,12 +7,8 @@ Nothing here imports ROS or torch, so every stage can be used and tested on nump
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from sam_mmseg_ros.sensors.camera import CameraModel
 
 MODALITIES: tuple[str, ...] = ("rgb", "depth", "event", "lidar")
 """Fixed order everywhere: tensor axis, modality mask, router weights, health."""
@@ -142,7 +138,7 @@ class FrameBundle:
     depth: ImageData | None = None
     event: EventArray | ImageData | None = None
     lidar: PointCloud | None = None
-    camera: CameraModel | None = None
+    camera: object | None = None  # sensors.camera.CameraModel of the latest camera_info
     stamps: dict[str, int] = field(default_factory=dict)
     absent: dict[str, str] = field(default_factory=dict)
 

@@ -4,7 +4,7 @@
 2. start the sam_mmseg node as its own process (console script, shipped parameters and Fast DDS
    profile, a random ROS_DOMAIN_ID so nothing else on the network hears it);
 3. replay the bag to it over DDS and score what it publishes (`ros.live_eval`);
-4. evaluate the same bag offline with the node's own stages (`eval.run.evaluate_bag`), per
+4. evaluate the same bag offline with the node's own stages (`eval.offline.evaluate_bag`), per
    modality subset, and check that the node and the offline run give the same labels;
 5. write demo_output/: overlay mosaic, health timeline, confusion matrix, per-class IoU,
    report.md and metrics.json; stop the node cleanly.
@@ -107,8 +107,8 @@ def _ros_value(value) -> str:
 
 def start_node(params: dict, env: dict, log_file) -> subprocess.Popen:
     """The node through its console script with the shipped parameter file and `params` on top."""
-    from sam_mmseg_ros.ingest import PARAMS_NAME
     from sam_mmseg_ros.resources import config_file
+    from sam_mmseg_ros.settings import PARAMS_NAME
 
     command = [str(NODE_SCRIPT), "--ros-args", "--params-file", str(config_file(PARAMS_NAME))]
     for name, value in params.items():
@@ -131,7 +131,7 @@ def stop_node(proc: subprocess.Popen, timeout_s: float = 10.0) -> str:
 
 
 def demo_section(live, offline, agreement: dict, node_exit: str, elapsed_s: float, args) -> str:
-    from sam_mmseg_ros.eval.run import FULL, percentiles
+    from sam_mmseg_ros.eval.results import FULL, percentiles
 
     live_miou = live.summary()["miou"].get(FULL)
     offline_miou = offline.summary()["miou"].get(FULL)
@@ -205,7 +205,9 @@ def _run(args, out: Path, bag: Path, started: float) -> int:
     import torch
 
     from sam_mmseg_ros.engine import create_backend
-    from sam_mmseg_ros.eval.run import evaluate_bag, label_agreement, write_report
+    from sam_mmseg_ros.eval.offline import evaluate_bag
+    from sam_mmseg_ros.eval.report import write_report
+    from sam_mmseg_ros.eval.results import label_agreement
     from sam_mmseg_ros.ros.dds import dds_environment
     from sam_mmseg_ros.ros.live_eval import evaluate_live, quiet_domain_id
 

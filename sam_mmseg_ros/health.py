@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sam_mmseg_ros.contracts import MODALITIES, MODALITY_INDEX, EventArray, FrameBundle, ImageData, PointCloud
+from sam_mmseg_ros.settings import default
 
 OK, WARN, ERROR = 0, 1, 2
 """diagnostic_msgs/DiagnosticStatus levels."""
@@ -31,15 +32,17 @@ _IMMEDIATE = frozenset({"invalid", "missing", "frozen"})
 
 @dataclass
 class HealthThresholds:
-    frozen_frames: int = 5  # identical content over this many successive messages
-    max_saturated_fraction: float = 0.5  # RGB pixels at the top of the range
-    max_dark_fraction: float = 0.6  # RGB pixels near black
-    min_valid_fraction: float = 0.3  # depth pixels with a usable value
-    min_points_in_image: int = 500  # LiDAR points that project into the camera image
-    min_event_rate_hz: float = 1e3
-    max_event_rate_hz: float = 5e7
-    hysteresis_frames: int = 3
-    rate_window_s: float = 2.0  # receive-rate averaging window
+    """The `health.*` parameters (defaults and meanings in `sam_mmseg_ros.settings`)."""
+
+    frozen_frames: int = default("health.frozen_frames")
+    max_saturated_fraction: float = default("health.max_saturated_fraction")
+    max_dark_fraction: float = default("health.max_dark_fraction")
+    min_valid_fraction: float = default("health.min_valid_fraction")
+    min_points_in_image: int = default("health.min_points_in_image")
+    min_event_rate_hz: float = default("health.min_event_rate_hz")
+    max_event_rate_hz: float = default("health.max_event_rate_hz")
+    hysteresis_frames: int = default("health.hysteresis_frames")
+    rate_window_s: float = default("health.rate_window_s")
 
     def __post_init__(self):
         if self.frozen_frames < 2 or self.hysteresis_frames < 1:
@@ -120,6 +123,11 @@ class HealthMonitor:
         self._tracks = {m: _Track() for m in MODALITIES}
         self._last: dict[str, ModalityHealth] = {}
         self._lock = threading.Lock()
+
+    def set_thresholds(self, thresholds: HealthThresholds) -> None:
+        """New thresholds (a run-time parameter change); they apply from the next frame."""
+        with self._lock:
+            self.thresholds = thresholds
 
     def on_message(self, modality: str, stamp_ns: int, receive_ns: int) -> None:
         """A message of `modality` decoded fine: count it for the rate, and clear `invalid`."""

@@ -1,131 +1,36 @@
 """What the node does with each incoming message, without ROS: decode → health → assembler.
 
 `FrameFeeder` is the body of the node's subscriber callbacks (camera_info, rgb, depth, event,
-lidar) and `build_offline_pipeline` pairs it with the node's worker stages
-(`pipeline.SegmentationPipeline`), both configured from the node's parameter file. Offline
-evaluation feeds bag messages through them in bag order, so the frames it scores are decoded,
-assembled, encoded and inferred by the same code with the same settings as the frames the node
-publishes. The decoders are duck-typed (`ros/convert.py`): `rosbags` message objects work as is.
+lidar). `OfflineNode` pairs it with the node's worker stages (`pipeline.SegmentationPipeline`),
+both configured from the node's parameters, for offline evaluation: it feeds bag messages through
+them in bag order, so the frames it scores are decoded, assembled, encoded and inferred by the
+same code with the same settings as the frames the node publishes. The decoders are duck-typed
+(`sam_mmseg_ros.decoders`): `rosbags` message objects work as is.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 
 from sam_mmseg_ros.contracts import BAG_TOPICS, FrameBundle, InputError, Stamped
-from sam_mmseg_ros.health import HealthMonitor, HealthThresholds
-from sam_mmseg_ros.pipeline import SegmentationPipeline
-from sam_mmseg_ros.resources import config_file
-from sam_mmseg_ros.ros.convert import (
-    camera_info_to_model,
-    image_to_numpy,
-    pointcloud2_to_cloud,
-    pointcloud2_to_events,
-    stamp_to_ns,
-)
-from sam_mmseg_ros.sensors.preprocess import PreprocessConfig
-from sam_mmseg_ros.sync import SYNCED_MODALITIES, FrameAssembler, SyncConfig
+from sam_mmseg_ros.decoders.camera_info import camera_info_to_model
+from sam_mmseg_ros.decoders.common import stamp_to_ns
+from sam_mmseg_ros.decoders.image import image_to_numpy
+from sam_mmseg_ros.decoders.pointcloud import pointcloud2_to_cloud, pointcloud2_to_events
+from sam_mmseg_ros.health import HealthMonitor
+from sam_mmseg_ros.node_settings import NodeSettings
+from sam_mmseg_ros.pipeline import FrameResult, SegmentationPipeline
+from sam_mmseg_ros.reporting import ProblemLog
+from sam_mmseg_ros.sync import SYNCED_MODALITIES, FrameAssembler
 
 log = logging.getLogger(__name__)
 
 KINDS = ("camera_info", "rgb", "depth", "event", "lidar")
-PARAMS_NAME = "sam_mmseg.yaml"
-
-
-def flatten_parameters(tree: dict, prefix: str = "") -> dict:
-    """Nested ros__parameters mapping -> {'sync.tolerance_ms.depth': 100.0, ...} (the node's names)."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_parameters(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def load_parameters(params_file: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """The node's parameters as it would see them: the shipped config/sam_mmseg.yaml (which lists
-    every parameter, like the node's declared defaults), then `params_file`, then `overrides` (like
-    `-p name:=value`). Only the wildcard `/**` and `sam_mmseg` sections apply, as for the node."""
-    import yaml
-
-    shipped = config_file(PARAMS_NAME)
-    params: dict = {}
-    for path in dict.fromkeys([shipped, Path(params_file) if params_file is not None else shipped]):
-        document = yaml.safe_load(Path(path).read_text()) or {}
-        for section in ("/**", "sam_mmseg", "/sam_mmseg"):
-            params.update(flatten_parameters((document.get(section) or {}).get("ros__parameters", {})))
-    params.update(overrides or {})
-    return params
 
 
 def topic_kinds(topics: dict[str, str] = BAG_TOPICS) -> dict[str, str]:
     """Bag topic -> message kind fed to `FrameFeeder.feed`."""
     return {topic: kind for kind, topic in topics.items()}
-
-
-@dataclass
-class NodeSettings:
-    """The parts of the node's parameters that decide what its callbacks and worker do."""
-
-    enabled: dict[str, bool]
-    event_input: str  # "cloud" (PointCloud2 events) or "image" (event frames)
-    event_sensor_size: tuple[int, int]  # (width, height); (0, 0): the camera's
-    sync: SyncConfig
-    thresholds: HealthThresholds
-
-    @classmethod
-    def from_parameters(cls, p: dict) -> NodeSettings:
-        """`p` maps the node's parameter names to values (`load_parameters`, or the node's own)."""
-        optional = SYNCED_MODALITIES
-        enabled = {"rgb": True, **{m: bool(p[f"enable.{m}"]) for m in optional}}
-        sync = SyncConfig(tolerance_ms={m: float(p[f"sync.tolerance_ms.{m}"]) for m in optional},
-                          event_window_ms=float(p["event_window_ms"]),
-                          buffer_size=dict.fromkeys(optional, int(p["sync.buffer_size"])),
-                          enabled={m: enabled[m] for m in optional},
-                          reset_on_backwards_s=float(p["sync.reset_on_backwards_s"]),
-                          max_wait_ms=float(p["sync.max_wait_ms"]))
-        thresholds = health_thresholds(p)
-        width, height = (int(v) for v in p["event_sensor_size"])
-        return cls(enabled, str(p["event_input"]), (width, height), sync, thresholds)
-
-
-def health_thresholds(p: dict) -> HealthThresholds:
-    """HealthThresholds from the `health.*` parameters (raises on inconsistent values)."""
-    return HealthThresholds(**{n[len("health."):]: v for n, v in p.items() if n.startswith("health.")})
-
-
-def preprocess_config(p: dict, input_size) -> PreprocessConfig:
-    """The encoders' settings, as the node builds them once the backend's input size is known."""
-    return PreprocessConfig(input_size=tuple(int(v) for v in input_size),
-                            event_window_ms=float(p["event_window_ms"]),
-                            lidar_max_range_m=float(p["lidar_max_range_m"]),
-                            T_camera_lidar=parameter_transform(p))
-
-
-def quaternion_matrix(translation, xyzw) -> np.ndarray:
-    """4x4 transform from a translation and a (normalized here) x, y, z, w quaternion."""
-    x, y, z, w = np.asarray(xyzw, np.float64) / np.linalg.norm(xyzw)
-    T = np.eye(4)
-    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
-    T[:3, 3] = translation
-    return T
-
-
-def parameter_transform(p: dict) -> np.ndarray:
-    """T_camera_lidar from the parameters, as the node computes it when tf2 has no transform."""
-    matrix = p.get("T_camera_lidar.matrix")
-    if matrix:
-        return np.asarray(matrix, np.float64).reshape(4, 4)
-    return quaternion_matrix(p["T_camera_lidar.translation"], p["T_camera_lidar.rotation_xyzw"])
 
 
 class FrameFeeder:
@@ -134,20 +39,24 @@ class FrameFeeder:
     `receive_camera` + `assemble` are the camera path split as the node splits it (callback,
     then worker, which waits briefly for late partners); `feed` runs one message of any kind,
     assembling camera frames at once without waiting, as offline evaluation does. Decode
-    problems mark the modality invalid in the health monitor, are kept in `input_errors` and
-    reported through `warn` once per distinct problem.
+    problems mark the modality invalid in the health monitor and go to `problems` (logged once
+    per kind; `problems.current` holds what is wrong now).
     """
 
-    def __init__(self, settings: NodeSettings, health: HealthMonitor | None = None,
-                 warn: Callable[[str], None] | None = None, info: Callable[[str], None] | None = None):
+    def __init__(self, settings: NodeSettings, problems: ProblemLog | None = None):
         self.settings = settings
-        self.assembler = FrameAssembler(settings.sync,
-                                        on_reset=lambda reason: self.warn(f"time went backwards: {reason}"))
-        self.health = health or HealthMonitor(settings.thresholds, settings.enabled)
-        self.warn = warn or log.warning
-        self.info = info or log.info
+        self.problems = problems or ProblemLog(log.warning, log.info)
+        self.assembler = FrameAssembler(
+            settings.sync, on_reset=lambda reason: self.problems.report("sync", f"time went backwards: {reason}"))
+        self.health = HealthMonitor(settings.thresholds, settings.enabled)
         self.camera_size: tuple[int, int] | None = None  # (width, height) of the last RGB image
-        self.input_errors: dict[str, str] = {}  # kind -> last decode problem
+
+    def apply(self, settings: NodeSettings) -> None:
+        """Run-time parameter changes: sync tolerances and health thresholds (the others are
+        read-only after start-up)."""
+        self.settings = settings
+        self.assembler.set_tolerances(settings.sync.tolerance_ms)
+        self.health.set_thresholds(settings.thresholds)
 
     def feed(self, kind: str, msg, now_ns: int) -> FrameBundle | None:
         """One message; returns the assembled bundle for a camera image, else None."""
@@ -188,9 +97,9 @@ class FrameFeeder:
         try:
             camera = camera_info_to_model(msg)
         except InputError as exc:
-            self._note_problem("camera_info", str(exc))
+            self.problems.report("camera_info", str(exc))
             return
-        self.input_errors.pop("camera_info", None)
+        self.problems.resolve("camera_info", "decodes again")
         self.camera_size = self.camera_size or (camera.width, camera.height)
         self.assembler.set_camera(camera)
 
@@ -210,18 +119,12 @@ class FrameFeeder:
             data = decode(msg)
         except InputError as exc:
             self.health.mark_invalid(modality, str(exc), now_ns)
-            self._note_problem(modality, str(exc))
+            self.problems.report(modality, str(exc))
             return None
         stamp = stamp_to_ns(msg.header.stamp)
         self.health.on_message(modality, stamp, now_ns)
-        if self.input_errors.pop(modality, None) is not None:
-            self.info(f"{modality}: decodes again")
+        self.problems.resolve(modality, "decodes again")
         return Stamped(stamp, data, str(msg.header.frame_id))
-
-    def _note_problem(self, kind: str, reason: str) -> None:
-        if self.input_errors.get(kind) != reason:
-            self.warn(f"{kind}: {reason}")
-        self.input_errors[kind] = reason
 
     def _buffer(self, modality: str, stamped: Stamped | None) -> None:
         if stamped is not None:
@@ -237,12 +140,19 @@ class FrameFeeder:
         return self.camera_size
 
 
-def build_offline_pipeline(backend, params_file: str | Path | None = None,
-                           overrides: dict | None = None) -> tuple[FrameFeeder, SegmentationPipeline]:
-    """A (feeder, pipeline) pair configured like the node started with `params_file` and
-    `-p` `overrides`, sharing one health monitor as the node does."""
-    params = load_parameters(params_file, overrides)
-    feeder = FrameFeeder(NodeSettings.from_parameters(params))
-    config = preprocess_config(params, backend.input_shape[-2:])
-    return feeder, SegmentationPipeline(backend, config, feeder.health)
+class OfflineNode:
+    """The node's stages in one thread, for bags: messages in bag order in, one `FrameResult` per
+    camera frame out, configured like a node started with the same parameters."""
 
+    def __init__(self, backend, settings: NodeSettings):
+        self.feeder = FrameFeeder(settings)
+        self.pipeline = SegmentationPipeline(backend, settings.preprocess_config(backend.input_shape[-2:]),
+                                             self.feeder.health)
+        self.T_camera_lidar = settings.T_camera_lidar
+
+    def feed(self, kind: str, msg, now_ns: int) -> FrameBundle | None:
+        """Decode and buffer one message; the assembled bundle when it is a camera image."""
+        return self.feeder.feed(kind, msg, now_ns)
+
+    def segment(self, bundle: FrameBundle, now_ns: int) -> FrameResult:
+        return self.pipeline.run(bundle, now_ns, self.T_camera_lidar, paint=False)

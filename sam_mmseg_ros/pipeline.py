@@ -22,7 +22,7 @@ class FrameResult:
     stamp_ns: int
     frame_id: str
     labels: np.ndarray  # uint8 [H, W] class ids
-    confidence: np.ndarray  # float32 [H, W] max softmax probability
+    confidence: np.ndarray  # float32 [h, w] max softmax probability, at the model's resolution
     router_weights: np.ndarray  # float32 [M], MODALITIES order
     health: dict  # modality -> health.ModalityHealth
     painted: tuple[np.ndarray, np.ndarray] | None  # (xyz [K, 3] camera frame, labels [K]) or None
@@ -43,10 +43,7 @@ def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 class SegmentationPipeline:
-    """Runs one camera frame through preprocessing, the backend and postprocessing.
-
-    `preprocess_config` may be replaced between frames (e.g. when tf2 updates T_camera_lidar).
-    """
+    """Runs one camera frame through preprocessing, the backend and postprocessing."""
 
     def __init__(self, backend, preprocess_config: PreprocessConfig, health_monitor):
         self.backend = backend
@@ -56,13 +53,16 @@ class SegmentationPipeline:
         self._mask: np.ndarray | None = None  # modality mask of the last frame run
         self._camera_size: tuple[int, int] = (0, 0)  # (height, width) of the last frame run
 
-    def run(self, bundle: FrameBundle, now_ns: int, paint: bool = True) -> FrameResult:
-        """Segment `bundle`. `paint=False` skips the painted LiDAR cloud (nobody subscribes)."""
+    def run(self, bundle: FrameBundle, now_ns: int, T_camera_lidar: np.ndarray | None = None,
+            paint: bool = True) -> FrameResult:
+        """Segment `bundle`. `T_camera_lidar`: LiDAR -> camera optical frame for this frame (tf2 or
+        the parameters; None: identity). `paint=False` skips the painted LiDAR cloud (nobody
+        subscribes)."""
         t0 = time.perf_counter()
         size = tuple(self.preprocess_config.input_size)
         if self._images is None or self._images.shape[-2:] != size:
             self._images = allocate_images(size)
-        encoded = preprocess(bundle, self.preprocess_config, out=self._images)
+        encoded = preprocess(bundle, self.preprocess_config, T_camera_lidar, out=self._images)
         errors = dict(encoded.errors)
         t1 = time.perf_counter()
         self._mask = encoded.model_input.modality_mask
@@ -72,7 +72,7 @@ class SegmentationPipeline:
         rgb = encoded.rgb_uint8  # None when the camera image itself could not be encoded
         height, width = self._camera_size = (rgb if rgb is not None else bundle.rgb.array).shape[:2]
         labels = resize_nearest(np.asarray(out["labels"])[0], height, width).astype(np.uint8)
-        confidence = resize_nearest(np.asarray(out["confidence"])[0], height, width).astype(np.float32)
+        confidence = np.asarray(out["confidence"], np.float32)[0]  # nothing publishes it: not resized
         router_weights = np.asarray(out["router_weights"], np.float32).reshape(-1)[: len(MODALITIES)]
 
         painted = None

@@ -16,6 +16,7 @@ pass as fresh, so the node's worker first calls `wait_for_partners`: it waits, a
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import statistics
 import threading
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from sam_mmseg_ros.contracts import EventArray, FrameBundle, ImageData, PointCloud, Stamped
+from sam_mmseg_ros.settings import default
 
 SYNCED_MODALITIES: tuple[str, ...] = ("depth", "event", "lidar")
 """Modalities matched to the camera; RGB itself triggers assembly."""
@@ -40,17 +42,19 @@ class SyncConfig:
 
     # Nearest-message tolerance; for events it applies to event frames (ImageData), while event
     # chunks are cut to the window (stamp - event_window_ms, stamp].
-    tolerance_ms: dict[str, float] = field(default_factory=lambda: {"depth": 20.0, "event": 30.0, "lidar": 60.0})
-    event_window_ms: float = 50.0
-    buffer_size: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SYNCED_MODALITIES, 32))
-    enabled: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SYNCED_MODALITIES, True))
-    reset_on_backwards_s: float = 1.0
+    tolerance_ms: dict[str, float] = field(
+        default_factory=lambda: {m: default(f"sync.tolerance_ms.{m}") for m in SYNCED_MODALITIES})
+    event_window_ms: float = default("event_window_ms")
+    buffer_size: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(SYNCED_MODALITIES, default("sync.buffer_size")))
+    enabled: dict[str, bool] = field(default_factory=lambda: {m: default(f"enable.{m}") for m in SYNCED_MODALITIES})
+    reset_on_backwards_s: float = default("sync.reset_on_backwards_s")
     # Event chunks come at up to kHz rates, so they get their own bounds: a count, and a time span
     # behind the newest event (long enough for a camera stamp that lags the event stream).
     event_chunk_limit: int = 1024
     event_history_ms: float = 500.0
     # Longest wait for partners of one camera frame (`wait_for_partners`); 0 disables waiting.
-    max_wait_ms: float = 30.0
+    max_wait_ms: float = default("sync.max_wait_ms")
     # An event window counts as complete once the stream has reached the camera stamp to within
     # this much: chunks usually end just before the camera stamp, and waiting a whole chunk period
     # for the last few events is not worth the latency.
@@ -193,6 +197,11 @@ class FrameAssembler:
         self._camera = None
         self.resets = 0
         self.last_reset_reason: str | None = None
+
+    def set_tolerances(self, tolerance_ms: dict[str, float]) -> None:
+        """New nearest-message tolerances (a run-time parameter change); applies from the next frame."""
+        with self._lock:
+            self.config = dataclasses.replace(self.config, tolerance_ms=dict(tolerance_ms))
 
     def set_camera(self, camera) -> None:
         """Keep the latest camera_info (a CameraModel); intrinsics rarely change, so no buffer."""

@@ -18,7 +18,8 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from sam_mmseg_ros.ros.convert import image_to_numpy, numpy_to_image
+from sam_mmseg_ros.decoders.image import image_to_numpy
+from sam_mmseg_ros.ros.messages import numpy_to_image
 
 TOPIC = "dds_probe/image"
 QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)

@@ -25,12 +25,12 @@ from ros_helpers import RosProcess, ros_env
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from sam_mmseg_ros.contracts import BAG_TOPICS, EventArray
-from sam_mmseg_ros.ros.convert import (
+from sam_mmseg_ros.decoders.common import stamp_to_ns
+from sam_mmseg_ros.ros.messages import (
     array_to_pointcloud2,
     camera_model_to_camera_info,
     events_to_pointcloud2,
     numpy_to_image,
-    stamp_to_ns,
 )
 from sam_mmseg_ros.sensors.camera import CameraModel
 
@@ -229,6 +229,11 @@ class Harness:
             next_time += period
             self._feed_stop.wait(max(0.0, next_time - time.monotonic()))
 
+    def stop_feeding(self) -> None:
+        self._feed_stop.set()
+        if self._feeder is not None:
+            self._feeder.join(timeout=2)
+
     def set_active(self, key: str, active: bool) -> int | None:
         """Start or stop one input; returns the stamp of its last message (once the feeder has
         finished the frame it may be in the middle of)."""
@@ -258,9 +263,7 @@ class Harness:
         self.wait_until(ready, timeout, "the first labels", proc)
 
     def close(self) -> None:
-        self._feed_stop.set()
-        if self._feeder is not None:
-            self._feeder.join(timeout=2)
+        self.stop_feeding()
         self.executor.shutdown(timeout_sec=1)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)

@@ -11,14 +11,11 @@ from sam_mmseg_ros.cli import main as cli_main
 from sam_mmseg_ros.contracts import BAG_TOPICS, CAMERA_RECORD_DELAY_NS, CONDITION_TOPIC, GROUND_TRUTH_TOPIC
 from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, bag_topics, read_bag, read_raw, write_bag
 from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
-from sam_mmseg_ros.ingest import quaternion_matrix
-from sam_mmseg_ros.ros.convert import (
-    camera_info_to_model,
-    image_to_numpy,
-    pointcloud2_to_cloud,
-    pointcloud2_to_events,
-    stamp_to_ns,
-)
+from sam_mmseg_ros.decoders.camera_info import camera_info_to_model
+from sam_mmseg_ros.decoders.common import stamp_to_ns
+from sam_mmseg_ros.decoders.image import image_to_numpy
+from sam_mmseg_ros.decoders.pointcloud import pointcloud2_to_cloud, pointcloud2_to_events
+from sam_mmseg_ros.node_settings import quaternion_matrix
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,12 @@ import torch
 from sam_mmseg_ros.contracts import BAG_TOPICS, CONDITION_TOPIC, HEALTH_STATES, MODALITIES
 from sam_mmseg_ros.data.bags import read_bag, write_bag
 from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
-from sam_mmseg_ros.eval.run import (
-    FULL,
-    SUBSETS,
-    evaluate_bag,
-    evaluate_deliver,
-    label_agreement,
-    write_report,
-)
-from sam_mmseg_ros.ingest import build_offline_pipeline, load_parameters, topic_kinds
+from sam_mmseg_ros.eval.offline import evaluate_bag, evaluate_deliver
+from sam_mmseg_ros.eval.report import write_report
+from sam_mmseg_ros.eval.results import FULL, SUBSETS, label_agreement
+from sam_mmseg_ros.ingest import OfflineNode, topic_kinds
 from sam_mmseg_ros.labels import NUM_CLASSES
+from sam_mmseg_ros.node_settings import NodeSettings
 
 CONDITIONS = ("sun", "night")
 FRAMES_PER_CONDITION = 2
@@ -68,23 +64,14 @@ def test_eval_bag_orders_sensors_before_the_camera_and_records_conditions(bag):
 
 def test_feeder_follows_the_node_parameters(bag, backend):
     kinds = topic_kinds()
-    feeder, _ = build_offline_pipeline(backend, overrides={"enable.lidar": False})
+    node = OfflineNode(backend, NodeSettings.from_file(overrides={"enable.lidar": False}))
     bundles = [b for topic, t, _, msg in read_bag(bag) if topic in kinds
-               if (b := feeder.feed(kinds[topic], msg, t)) is not None]
+               if (b := node.feed(kinds[topic], msg, t)) is not None]
     assert len(bundles) == len(CONDITIONS) * FRAMES_PER_CONDITION
     assert all(b.lidar is None and b.absent["lidar"] == "disabled" for b in bundles)
     # Without event_sensor_size the event sensor is taken to be the camera (from camera_info).
     assert all(b.event is not None for b in bundles[1:])
     assert all(b.depth is not None and b.stamps["depth"] == b.stamp_ns for b in bundles)
-
-
-def test_shipped_parameter_file_names_every_node_parameter():
-    pytest.importorskip("rclpy")
-    from sam_mmseg_ros.ros.parameters import SPECS, health_specs
-
-    names = set(load_parameters())
-    optional = {"T_camera_lidar.matrix"}
-    assert {s.name for s in (*SPECS, *health_specs())} - optional <= names
 
 
 def test_offline_eval_writes_reports_and_is_deterministic(bag, backend, tmp_path):
@@ -135,13 +122,13 @@ def test_deliver_eval(tmp_path, backend):
 
 def test_feeder_marks_an_undecodable_message_invalid_and_keeps_going(bag, backend):
     kinds = topic_kinds()
-    feeder, pipeline = build_offline_pipeline(backend, overrides=OVERRIDES)
+    node = OfflineNode(backend, NodeSettings.from_file(overrides=OVERRIDES))
     results = []
     for topic, t, _, msg in read_bag(bag):
         if topic == BAG_TOPICS["depth"]:
             msg.data = msg.data[: msg.data.size // 2]  # truncated buffer
-        if topic in kinds and (bundle := feeder.feed(kinds[topic], msg, t)) is not None:
-            results.append(pipeline.run(bundle, t, paint=False))
-    assert "truncated" in feeder.input_errors["depth"]
+        if topic in kinds and (bundle := node.feed(kinds[topic], msg, t)) is not None:
+            results.append(node.segment(bundle, t))
+    assert "truncated" in node.feeder.problems.current["depth"]
     assert len(results) == len(CONDITIONS) * FRAMES_PER_CONDITION
     assert all(r.health["depth"].state == "invalid" and r.health["rgb"].state == "ok" for r in results)

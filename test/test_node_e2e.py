@@ -30,7 +30,7 @@ from ros_helpers import PROFILE_VARIABLE, random_domain_id, ros_env  # noqa: E40
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 
 from sam_mmseg_ros.labels import NUM_CLASSES  # noqa: E402
-from sam_mmseg_ros.ros.convert import array_to_pointcloud2, numpy_to_image  # noqa: E402
+from sam_mmseg_ros.ros.messages import array_to_pointcloud2, numpy_to_image  # noqa: E402
 
 pytestmark = pytest.mark.ros
 PARAMS = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
@@ -95,6 +95,31 @@ def test_all_modalities_give_every_output(running):
     assert node["level"] == 2 and "untrained" in node["message"]
     assert proc.stop(timeout=30) == 0
     assert "Traceback" not in proc.output
+
+
+def test_diagnostics_run_on_the_wall_clock_under_sim_time_and_end_with_the_final_counters(
+        monkeypatch, checkpoint):  # noqa: F811
+    """With use_sim_time and no /clock, ROS time stands still: /diagnostics must still come (a
+    steady-clock timer), say when the camera stops, and show every frame that was published."""
+    domain_id = random_domain_id()
+    for key in (PROFILE_VARIABLE, "RMW_IMPLEMENTATION"):
+        monkeypatch.setenv(key, ros_env(domain_id)[key])
+    proc = start_node(domain_id, checkpoint, "use_sim_time:=true")
+    h = Harness(domain_id)
+    try:
+        h.wait_until(lambda: len(h.messages("diagnostics")) >= 2, 60, "/diagnostics without /clock", proc)
+        h.start_feeding()
+        h.wait_for_output(proc)
+        time.sleep(1.0)
+        h.stop_feeding()
+        stopped = time.monotonic()
+        h.wait_until(lambda: any("camera stopped" in (node_status(m) or {}).get("message", "")
+                                 for m in h.messages("diagnostics", stopped)), 10, "camera stopped", proc)
+        node = node_status(h.messages("diagnostics")[-1])
+        assert int(node["published_frames"]) == len(h.messages("labels")) > 3
+    finally:
+        h.close()
+        proc.stop(timeout=30)
 
 
 def test_partners_arriving_after_the_camera_image_are_waited_for(monkeypatch, checkpoint):  # noqa: F811
@@ -207,7 +232,7 @@ def _depth(rig, stamp: int, shape: tuple[int, int], nan_fraction: float = 0.0):
 
 
 def _stamped(msg, stamp: int):
-    from sam_mmseg_ros.ros.convert import ns_to_stamp
+    from sam_mmseg_ros.ros.messages import ns_to_stamp
 
     msg.header.stamp = ns_to_stamp(stamp)
     return msg

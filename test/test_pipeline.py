@@ -59,10 +59,12 @@ def make_bundle(stamp_ns: int = 10**18, camera: bool = True) -> FrameBundle:
                        stamps=dict.fromkeys(MODALITIES, stamp_ns))
 
 
+T_CAMERA_LIDAR = np.eye(4)
+T_CAMERA_LIDAR[2, 3] = -1.0  # camera = lidar - 1 m in z
+
+
 def make_pipeline() -> SegmentationPipeline:
-    T = np.eye(4)
-    T[2, 3] = -1.0  # camera = lidar - 1 m in z
-    config = PreprocessConfig(input_size=INPUT, depth_encoding="inverse", T_camera_lidar=T)
+    config = PreprocessConfig(input_size=INPUT, depth_encoding="inverse")
     return SegmentationPipeline(StripesBackend(), config, HealthMonitor(HealthThresholds(min_points_in_image=10)))
 
 
@@ -76,12 +78,12 @@ def test_resize_nearest_keeps_class_ids_and_pixel_centres():
 
 def test_run_returns_camera_resolution_outputs_and_health():
     pipeline = make_pipeline()
-    result = pipeline.run(make_bundle(), now_ns=10**18 + 5_000_000)
+    result = pipeline.run(make_bundle(), 10**18 + 5_000_000, T_CAMERA_LIDAR)
     assert isinstance(result, FrameResult)
     assert result.stamp_ns == 10**18 and result.frame_id == "cam"
     assert result.labels.shape == (H, W) and result.labels.dtype == np.uint8
     np.testing.assert_array_equal(result.labels[0], np.arange(W) * 4 // W)  # stripes, nearest
-    assert result.confidence.shape == (H, W) and result.confidence.dtype == np.float32
+    assert result.confidence.shape == INPUT and result.confidence.dtype == np.float32
     np.testing.assert_allclose(result.router_weights, [0.25] * 4)
     assert result.rgb.shape == (H, W, 3)
     assert set(result.health) == set(MODALITIES)
@@ -94,18 +96,18 @@ def test_run_returns_camera_resolution_outputs_and_health():
 def test_painted_points_are_in_the_camera_frame_with_the_label_underneath():
     pipeline = make_pipeline()
     bundle = make_bundle()
-    xyz, labels = pipeline.run(bundle, now_ns=bundle.stamp_ns).painted
+    xyz, labels = pipeline.run(bundle, bundle.stamp_ns, T_CAMERA_LIDAR).painted
     assert len(xyz) == len(labels) == len(bundle.lidar) - 1  # the point behind the camera is dropped
     np.testing.assert_allclose(xyz[:, 2], 10.0, atol=1e-5)  # 11 m in the LiDAR frame, camera 1 m ahead
     u, _, _, _ = bundle.camera.project(xyz)
     col = np.clip(np.round(u).astype(int), 0, W - 1)
     np.testing.assert_array_equal(labels, col * 4 // W)
-    assert pipeline.run(bundle, now_ns=bundle.stamp_ns, paint=False).painted is None
+    assert pipeline.run(bundle, bundle.stamp_ns, T_CAMERA_LIDAR, paint=False).painted is None
 
 
 def test_lidar_without_camera_info_is_invalid_and_the_rest_goes_on():
     pipeline = make_pipeline()
-    result = pipeline.run(make_bundle(camera=False), now_ns=10**18)
+    result = pipeline.run(make_bundle(camera=False), 10**18, T_CAMERA_LIDAR)
     assert "camera_info" in result.errors["lidar"]
     assert result.health["lidar"].state == "invalid" and "camera_info" in result.health["lidar"].reason
     assert result.painted is None
@@ -119,7 +121,7 @@ def test_absent_modality_gets_weight_zero_and_its_reason():
     bundle = make_bundle()
     bundle.depth = None
     bundle.absent["depth"] = "stale: nearest depth is 300 ms from the camera stamp (tolerance 100 ms)"
-    result = pipeline.run(bundle, now_ns=bundle.stamp_ns)
+    result = pipeline.run(bundle, bundle.stamp_ns, T_CAMERA_LIDAR)
     assert result.router_weights[MODALITIES.index("depth")] == 0
     assert result.health["depth"].state == "stale" and "300 ms" in result.health["depth"].reason
 
@@ -142,13 +144,13 @@ def test_labels_with_only_equal_a_run_without_the_other_sensors(keep):
     exactly what the pipeline builds when those sensors are really absent."""
     pipeline = make_pipeline()
     bundle = make_bundle()
-    full = pipeline.run(bundle, bundle.stamp_ns)
+    full = pipeline.run(bundle, bundle.stamp_ns, T_CAMERA_LIDAR)
     subset_labels = pipeline.labels_with_only(keep)
     masked_images, masked_mask = pipeline.backend.images[-1], pipeline.backend.masks[-1]
 
     removed = {m: None for m in MODALITIES if m not in keep}
     reference = make_pipeline()
-    alone = reference.run(replace(bundle, absent={m: "removed" for m in removed}, **removed), bundle.stamp_ns)
+    alone = reference.run(replace(bundle, absent={m: "removed" for m in removed}, **removed), bundle.stamp_ns, T_CAMERA_LIDAR)
     np.testing.assert_array_equal(masked_mask, reference.backend.masks[-1])
     np.testing.assert_array_equal(masked_images, reference.backend.images[-1])
     np.testing.assert_array_equal(subset_labels, alone.labels)

@@ -3,20 +3,16 @@ and the two commands it gives exist in the Makefile and CI."""
 
 from pathlib import Path
 
-import pytest
-
 from sam_mmseg_ros.cli import SUBCOMMANDS
 from sam_mmseg_ros.contracts import INPUT_TOPICS
+from sam_mmseg_ros.settings import SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
-@pytest.mark.ros
 def test_every_node_parameter_is_documented():
-    from sam_mmseg_ros.ros.parameters import SPECS, health_specs
-
-    missing = [s.name for s in SPECS + health_specs() if f"`{s.name}`" not in README]
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in README]
     assert not missing, f"parameters missing from README.md: {missing}"
 
 

@@ -56,7 +56,7 @@ def test_layout_mismatch_raises(array, encoding):
 def test_encode_normalizes_with_imagenet_statistics():
     value = np.array([10, 128, 240], np.uint8)
     image = ImageData(np.broadcast_to(value, (8, 8, 3)).copy(), "rgb8")
-    out, stats = encode_rgb(image, (4, 4))
+    out, stats, _ = encode_rgb(image, (4, 4))
     assert out.shape == (3, 4, 4) and out.dtype == np.float32
     expected = (value / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     np.testing.assert_allclose(out[:, 0, 0], expected, rtol=1e-5)
@@ -66,8 +66,8 @@ def test_encode_normalizes_with_imagenet_statistics():
 def test_area_averages_blocks_and_nearest_samples():
     image = np.zeros((4, 4, 3), np.uint8)
     image[0, 0] = 200  # one bright pixel in the top-left 2x2 block
-    area, _ = encode_rgb(ImageData(image, "rgb8"), (2, 2), method="area")
-    nearest, _ = encode_rgb(ImageData(image, "rgb8"), (2, 2), method="nearest")
+    area, _, _ = encode_rgb(ImageData(image, "rgb8"), (2, 2), method="area")
+    nearest, _, _ = encode_rgb(ImageData(image, "rgb8"), (2, 2), method="nearest")
     to_unit = area[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
     np.testing.assert_allclose(to_unit, [[50 / 255, 0], [0, 0]], atol=1e-6)
     # nearest samples the pixel at the block centre (1, 1), which is dark
@@ -76,7 +76,7 @@ def test_area_averages_blocks_and_nearest_samples():
 
 def test_non_integer_factor_resizes_bilinear():
     image = np.full((30, 40, 3), 100, np.uint8)
-    out, _ = encode_rgb(ImageData(image, "bgr8"), (16, 24))
+    out, _, _ = encode_rgb(ImageData(image, "bgr8"), (16, 24))
     assert out.shape == (3, 16, 24)
     np.testing.assert_allclose(out[1] * IMAGENET_STD[1] + IMAGENET_MEAN[1], 100 / 255, atol=1e-5)
 
@@ -85,7 +85,7 @@ def test_exposure_fractions():
     image = np.zeros((16, 16, 3), np.uint8)
     image[:8, :, 0] = 255  # top half: red channel saturated
     image[8:12] = 100  # a mid-grey quarter
-    _, stats = encode_rgb(ImageData(image, "rgb8"), (8, 8))
+    _, stats, _ = encode_rgb(ImageData(image, "rgb8"), (8, 8))
     assert stats["saturated_fraction"] == pytest.approx(0.5)
     assert stats["dark_fraction"] == pytest.approx(0.25)
 
@@ -94,7 +94,7 @@ def test_exposure_fractions():
 def test_area_matches_block_mean_for_any_integer_factors(factors):
     fy, fx = factors
     image = RNG.integers(0, 256, (60, 90, 3), dtype=np.uint8)
-    out, _ = encode_rgb(ImageData(image, "rgb8"), (60 // fy, 90 // fx))
+    out, _, _ = encode_rgb(ImageData(image, "rgb8"), (60 // fy, 90 // fx))
     mean = image.reshape(60 // fy, fy, 90 // fx, fx, 3).mean(axis=(1, 3)) / 255.0
     expected = ((mean - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)
     np.testing.assert_allclose(out, expected, atol=1e-5)
@@ -107,8 +107,8 @@ def test_every_encoding_encodes_like_its_rgb(encoding, size, method):
     """Encoding works on the message's channel layout; the result must equal encoding the RGB."""
     image = ImageData(_message_array(encoding), encoding)
     rgb = rgb_to_uint8(image)
-    reference, _ = encode_rgb(ImageData(np.ascontiguousarray(rgb), "rgb8"), size, method)
-    out, _ = encode_rgb(image, size, method)
+    reference, _, _ = encode_rgb(ImageData(np.ascontiguousarray(rgb), "rgb8"), size, method)
+    out, _, _ = encode_rgb(image, size, method)
     np.testing.assert_allclose(out, reference, atol=1e-5)
 
 
@@ -117,7 +117,7 @@ def test_non_integer_resize_keeps_a_ramp_linear(width, out_width):
     """Block stage + bilinear must sample at pixel centres: a linear ramp stays that ramp."""
     ramp = (2 * np.arange(width)).astype(np.uint8)
     image = np.broadcast_to(ramp[None, :, None], (90, width, 3)).copy()
-    out, _ = encode_rgb(ImageData(image, "rgb8"), (40, out_width))
+    out, _, _ = encode_rgb(ImageData(image, "rgb8"), (40, out_width))
     value = (out[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255
     position = (np.arange(out_width) + 0.5) * width / out_width - 0.5
     np.testing.assert_allclose(value, np.broadcast_to(2 * position, (40, out_width)), atol=1e-3)
@@ -126,7 +126,7 @@ def test_non_integer_resize_keeps_a_ramp_linear(width, out_width):
 def test_area_of_a_frame_processed_in_several_row_bands():
     # 600x1000 rgb8 at factor 2: bands of 43 output rows, the last one partial.
     image = RNG.integers(0, 256, (600, 1000, 3), dtype=np.uint8)
-    out, _ = encode_rgb(ImageData(image, "bgr8"), (300, 500))
+    out, _, _ = encode_rgb(ImageData(image, "bgr8"), (300, 500))
     mean = image[:, :, ::-1].reshape(300, 2, 500, 2, 3).mean(axis=(1, 3)) / 255.0
     expected = ((mean - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)
     np.testing.assert_allclose(out, expected, atol=1e-5)

@@ -85,7 +85,7 @@ def test_never_received_disabled_and_camera_info():
 
 
 def test_a_modality_that_stops_never_stalls_and_memory_stays_bounded():
-    config = SyncConfig(event_chunk_limit=64)
+    config = SyncConfig(buffer_size={"depth": 32, "lidar": 32}, event_chunk_limit=64)
     asm = FrameAssembler(config)
     for i in range(10_000):
         asm.add("depth", at(i, image()))
@@ -188,7 +188,7 @@ def test_concurrent_adds_and_assembly():
     assert not errors and len(bundles) == 500 and asm.resets == 0
     final = asm.assemble(camera_frame(1_999))
     assert final.present() == ("rgb", "depth", "event", "lidar")
-    assert asm.buffered()["depth"] == 32 and asm.buffered()["lidar"] == 32
+    assert asm.buffered()["depth"] == asm.buffered()["lidar"] == asm.config.buffer_size["depth"]
 
 
 def test_bad_calls_and_config():

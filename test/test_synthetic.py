@@ -193,7 +193,7 @@ def test_dataset_encodes_like_the_node_and_caches(tmp_path):
 
     config = SequenceConfig(width=128, height=96, num_frames=1, condition="night", seed=1 * 100_003 + 1)
     frame = next(generate_sequence(config))
-    encoded = preprocess(frame.to_bundle(), PreprocessConfig(input_size=(64, 64), T_camera_lidar=frame.T_camera_lidar))
+    encoded = preprocess(frame.to_bundle(), PreprocessConfig(input_size=(64, 64)), frame.T_camera_lidar)
     assert np.array_equal(sample["images"].numpy(), encoded.model_input.images[0])
     assert np.array_equal(sample["modality_mask"].numpy(), encoded.model_input.modality_mask[0])
 

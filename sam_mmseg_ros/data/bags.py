@@ -5,7 +5,7 @@ CDR, so `ros2 bag play`, `sam-mmseg replay` and the node read them like a real r
 arrays go straight into the rosbags message dataclasses; nothing is copied per pixel or point.
 
 Event streams are PointCloud2 messages with x, y (uint16), polarity (int8, +-1) and t (uint32
-nanoseconds after the header stamp), the layout `ros.convert.pointcloud2_to_events` reads. The
+nanoseconds after the header stamp), the layout `decoders.pointcloud.pointcloud2_to_events` reads. The
 LiDAR extrinsic is one /tf_static message whose recorded QoS is transient-local, so players latch
 it for late subscribers.
 """

@@ -905,8 +905,7 @@ class SyntheticDataset:
         config = replace(self.base, width=w, height=h, num_frames=count, condition=condition,
                          failures=self.failures, seed=self.seed * 100_003 + sequence)
         for offset, frame in enumerate(generate_sequence(config)):
-            encoded = preprocess(frame.to_bundle(),
-                                 PreprocessConfig(input_size=self.size, T_camera_lidar=frame.T_camera_lidar))
+            encoded = preprocess(frame.to_bundle(), PreprocessConfig(input_size=self.size), frame.T_camera_lidar)
             sample = {"images": np.asarray(encoded.model_input.images[0], np.float32),
                       "modality_mask": np.asarray(encoded.model_input.modality_mask[0], np.float32),
                       "label": resize_nearest(frame.labels, *self.size),

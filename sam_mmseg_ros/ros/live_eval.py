@@ -17,16 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from sam_mmseg_ros.contracts import BAG_TOPICS, MODALITIES
-from sam_mmseg_ros.eval.run import (
-    FULL,
-    MOSAIC_FRAMES,
-    EvalResult,
-    count_messages,
-    read_ground_truth,
-    side_by_side,
-)
+from sam_mmseg_ros.decoders.common import stamp_to_ns
+from sam_mmseg_ros.decoders.image import image_to_numpy
+from sam_mmseg_ros.eval.offline import count_messages, read_ground_truth
+from sam_mmseg_ros.eval.results import FULL, MOSAIC_FRAMES, EvalResult, side_by_side
 from sam_mmseg_ros.labels import overlay
-from sam_mmseg_ros.ros.convert import image_to_numpy, stamp_to_ns
 
 log = logging.getLogger(__name__)
 

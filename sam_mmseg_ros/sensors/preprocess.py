@@ -14,7 +14,7 @@ and the GIL.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,7 +22,8 @@ from sam_mmseg_ros.contracts import MODALITIES, MODALITY_INDEX, FrameBundle, Inp
 from sam_mmseg_ros.sensors.depth import encode_depth
 from sam_mmseg_ros.sensors.events import encode_events
 from sam_mmseg_ros.sensors.lidar import ProjectedPoints, encode_lidar, project_points, rasterize
-from sam_mmseg_ros.sensors.rgb import encode_rgb, rgb_to_uint8
+from sam_mmseg_ros.sensors.rgb import encode_rgb
+from sam_mmseg_ros.settings import default
 
 NO_CAMERA_LIDAR = "no camera_info received: LiDAR cannot be projected"
 
@@ -32,11 +33,8 @@ class PreprocessConfig:
     input_size: tuple[int, int] = (512, 512)  # (H, W) of the model input
     depth_encoding: str = "hha"  # "hha" | "inverse"
     event_representation: str = "polarity"  # "polarity" | "voxel"
-    event_window_ms: float = 50.0
-    lidar_max_range_m: float = 80.0
-    T_camera_lidar: np.ndarray = field(default_factory=lambda: np.eye(4))
-    """LiDAR frame -> camera optical frame. Identity means the cloud is already in the camera
-    optical frame (z forward, y down)."""
+    event_window_ms: float = default("event_window_ms")
+    lidar_max_range_m: float = default("lidar_max_range_m")
     rgb_resize: str = "area"  # "area" | "nearest" (integer factors; see sensors.rgb)
     depth_max_m: float = 80.0  # range of the "inverse" depth encoding
     lidar_intensity_scale: float | None = None  # None: 1, 255 or 65535 from the values seen
@@ -58,8 +56,11 @@ def allocate_images(size: tuple[int, int]) -> np.ndarray:
 
 
 def preprocess(bundle: FrameBundle, config: PreprocessConfig | None = None,
-               out: np.ndarray | None = None) -> EncodedFrame:
+               T_camera_lidar: np.ndarray | None = None, out: np.ndarray | None = None) -> EncodedFrame:
     """Encode every modality of `bundle` into ModelInput.
+
+    `T_camera_lidar` maps LiDAR points into the camera optical frame (None: identity, the cloud
+    is already in it). It is an argument, not configuration, because tf2 may update it any frame.
 
     `out` is an optional [1, M, 3, H, W] float32 buffer filled in place (saves allocating and
     page-faulting ~12 MB per frame); only pass one whose previous ModelInput is no longer
@@ -88,8 +89,7 @@ def preprocess(bundle: FrameBundle, config: PreprocessConfig | None = None,
             continue
         try:
             if modality == "rgb":
-                _, stats = encode_rgb(data, size, config.rgb_resize, out=slot)
-                rgb8 = rgb_to_uint8(data)
+                _, stats, rgb8 = encode_rgb(data, size, config.rgb_resize, out=slot)
             elif modality == "depth":
                 _, stats = encode_depth(data, bundle.camera, size, config.depth_encoding,
                                         config.depth_max_m, out=slot,
@@ -100,7 +100,8 @@ def preprocess(bundle: FrameBundle, config: PreprocessConfig | None = None,
             else:
                 if bundle.camera is None:
                     raise InputError(NO_CAMERA_LIDAR)
-                projected = project_points(data, config.T_camera_lidar, bundle.camera)
+                projected = project_points(data, np.eye(4) if T_camera_lidar is None else T_camera_lidar,
+                                           bundle.camera)
                 raster = rasterize(projected, bundle.camera, size)
                 _, stats = encode_lidar(raster, config.lidar_max_range_m,
                                         config.lidar_intensity_scale, out=slot)

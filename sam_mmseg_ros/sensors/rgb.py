@@ -69,8 +69,9 @@ def exposure_stats(rgb: np.ndarray) -> dict[str, float]:
 
 
 def encode_rgb(image: ImageData, size: tuple[int, int] = (512, 512), method: str = "area",
-               out: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
-    """ImageNet-normalized float32 [3, H, W] at `size` = (H, W), plus exposure stats.
+               out: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
+    """ImageNet-normalized float32 [3, H, W] at `size` = (H, W), exposure stats, and the camera
+    image as uint8 RGB [H, W, 3] (what `rgb_to_uint8` gives, from the same single decode).
 
     `method`: "area" (block average for integer factors) or "nearest" (strided sampling for
     integer factors); non-integer factors always use antialiased bilinear. `out` is an
@@ -78,8 +79,8 @@ def encode_rgb(image: ImageData, size: tuple[int, int] = (512, 512), method: str
     layout (bgr8, rgba8...), so no reordered copy of the full frame is made.
     """
     pixels, order = _decode(image)
-    stats = exposure_stats(_as_rgb(pixels, order))
-    return _normalize_pixels(pixels, order, size, method, out), stats
+    rgb = _as_rgb(pixels, order)
+    return _normalize_pixels(pixels, order, size, method, out), exposure_stats(rgb), rgb
 
 
 def _decode(image: ImageData) -> tuple[np.ndarray, tuple[int, int, int]]:

@@ -1,0 +1,157 @@
+"""Offline evaluation: a rosbag2 through the node's own stages, or a DELIVER folder through the model.
+
+A bag is evaluated by the node's own stages in bag order: `ingest.OfflineNode` runs what the
+node's callbacks do (decode → health → assemble) and what its worker does (encode → infer →
+postprocess), configured from the node's parameter file, so the labels are the ones the node
+publishes for the same bag (`eval --live` checks exactly that). Each modality subset runs the
+same assembled frame with the other modalities removed, as when those sensors fail on the
+vehicle. Everything is deterministic: the clock is the bag's record time.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sam_mmseg_ros.contracts import (
+    BAG_TOPICS,
+    CONDITION_TOPIC,
+    GROUND_TRUTH_TOPIC,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODALITIES,
+)
+from sam_mmseg_ros.decoders.common import stamp_to_ns
+from sam_mmseg_ros.decoders.image import image_to_numpy
+from sam_mmseg_ros.eval.results import FULL, MOSAIC_FRAMES, SUBSETS, EvalResult, backend_info, mosaic_tile
+
+
+def count_messages(path: str | Path, topic: str) -> int:
+    from rosbags.rosbag2 import Reader
+
+    with Reader(Path(path)) as reader:
+        return sum(c.msgcount for c in reader.connections if c.topic == topic)
+
+
+def read_ground_truth(path: str | Path) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Ground-truth labels by camera stamp and conditions by record time, read from the bag."""
+    from sam_mmseg_ros.data.bags import read_bag
+
+    truth, condition = {}, {}
+    for topic, stamp_ns, _msgtype, msg in read_bag(path, [GROUND_TRUTH_TOPIC, CONDITION_TOPIC]):
+        if topic == GROUND_TRUTH_TOPIC:
+            truth[stamp_to_ns(msg.header.stamp)] = np.array(image_to_numpy(msg).array, np.uint8)
+        else:
+            condition[stamp_ns] = str(msg.data)
+    return truth, condition
+
+
+def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = None, overrides: dict | None = None,
+                 subsets: dict[str, tuple[str, ...]] = SUBSETS, progress: bool = True,
+                 max_frames: int | None = None, keep_labels: bool = False) -> EvalResult:
+    """One pass over the bag: every camera frame is assembled and encoded once, as the node does,
+    then inferred once per modality subset with the removed modalities masked out. Health,
+    latency and the timeline come from the full set."""
+    from tqdm import tqdm
+
+    from sam_mmseg_ros.data.bags import read_bag
+    from sam_mmseg_ros.ingest import OfflineNode, topic_kinds
+    from sam_mmseg_ros.node_settings import NodeSettings
+
+    subsets = {FULL: MODALITIES, **subsets}  # health and latency come from the full set
+    node = OfflineNode(backend, NodeSettings.from_file(params_file, overrides))
+    kinds = topic_kinds(BAG_TOPICS)
+    result = EvalResult(source=str(path), mode="offline", model=backend_info(backend),
+                        labels={} if keep_labels else None)
+    result.camera_frames = count_messages(path, BAG_TOPICS["rgb"])
+    result.latency_note = ("offline, per stage, measured in this process (no DDS); "
+                           "'assemble' = decode the camera image + assemble the frame")
+    total = result.camera_frames if max_frames is None else min(max_frames, result.camera_frames)
+    mosaic_every = max(1, total // MOSAIC_FRAMES)
+    truth: dict[int, np.ndarray] = {}
+    condition: dict[int, str] = {}
+    pending: dict[int, tuple[dict[str, np.ndarray], np.ndarray | None]] = {}
+    bar = tqdm(total=total, desc=f"eval {len(subsets)} subsets", unit="frame", disable=not progress)
+    for topic, stamp_ns, _msgtype, msg in read_bag(path):
+        if topic == GROUND_TRUTH_TOPIC:
+            truth[stamp_to_ns(msg.header.stamp)] = np.array(image_to_numpy(msg).array, np.uint8)
+        elif topic == CONDITION_TOPIC:
+            condition[stamp_ns] = str(msg.data)
+        elif topic in kinds:
+            t0 = time.perf_counter()
+            bundle = node.feed(kinds[topic], msg, now_ns=stamp_ns)
+            if bundle is None:
+                continue
+            assemble_ms = (time.perf_counter() - t0) * 1e3
+            full = node.segment(bundle, stamp_ns)
+            labels = {name: full.labels if name == FULL else node.pipeline.labels_with_only(keep)
+                      for name, keep in subsets.items()}
+            result.timings_ms["assemble"].append(assemble_ms)
+            for stage, ms in full.timings_ms.items():
+                result.timings_ms[stage].append(ms)
+            result.record_health(bundle.stamp_ns, {m: (h.state, h.router_weight) for m, h in full.health.items()})
+            pending[bundle.stamp_ns] = (labels, full.rgb)
+        for stamp in [s for s in pending if s in truth]:
+            labels, rgb = pending.pop(stamp)
+            gt = truth.pop(stamp)
+            cond = condition.get(stamp, "unknown")
+            for name, pred in labels.items():
+                result.add(name, cond, pred, gt)
+            if keep_labels:
+                result.labels[stamp] = labels[FULL]
+            if result.frames % mosaic_every == 0 and len(result.mosaic) < MOSAIC_FRAMES and rgb is not None:
+                result.mosaic.append(mosaic_tile(rgb, labels[FULL], gt))
+                result.mosaic_titles.append(f"{cond}, frame {result.frames}")
+            result.frames += 1
+            bar.update(1)
+        if max_frames is not None and result.frames >= max_frames:
+            break
+    bar.close()
+    if pending:
+        result.notes.append(f"{len(pending)} camera frames had no ground truth and were not scored")
+    for kind, reason in node.feeder.problems.current.items():
+        result.notes.append(f"{kind} input problem (last seen): {reason}")
+    return result
+
+
+def evaluate_deliver(root: str | Path, backend, split: str = "test", subsets: dict[str, tuple[str, ...]] = SUBSETS,
+                     progress: bool = True, max_frames: int | None = None) -> EvalResult:
+    """DELIVER frames are already encoded images (HHA, event and LiDAR renderings): only the model
+    stage of the node applies, on the DELIVER encoding the model was trained on."""
+    from tqdm import tqdm
+
+    from sam_mmseg_ros.data.deliver import DeliverDataset
+
+    size = tuple(int(v) for v in backend.input_shape[-2:])
+    dataset = DeliverDataset(root, split=split, size=size)
+    result = EvalResult(source=str(root), mode="DELIVER", model=backend_info(backend))
+    result.latency_note = "model only (DELIVER frames are pre-encoded images)"
+    count = len(dataset) if max_frames is None else min(max_frames, len(dataset))
+    mosaic_every = max(1, count // MOSAIC_FRAMES)
+    subsets = {FULL: MODALITIES, **subsets}
+    for i in tqdm(range(count), desc=f"eval DELIVER {split}", unit="frame", disable=not progress):
+        sample = dataset[i]
+        images = np.asarray(sample["images"], np.float32)[None]
+        present = np.asarray(sample["modality_mask"], np.float32).reshape(1, -1)
+        gt = np.asarray(sample["label"]).astype(np.uint8)
+        for name, keep in subsets.items():
+            mask = present * np.array([[1.0 if m in keep else 0.0 for m in MODALITIES]], np.float32)
+            t0 = time.perf_counter()
+            out = backend.infer(np.ascontiguousarray(images * mask[:, :, None, None, None]), mask)
+            pred = np.asarray(out["labels"])[0].astype(np.uint8)
+            if name == FULL:
+                result.timings_ms["infer"].append((time.perf_counter() - t0) * 1e3)
+                if i % mosaic_every == 0 and len(result.mosaic) < MOSAIC_FRAMES:
+                    result.mosaic.append(mosaic_tile(_denormalize(images[0, 0]), pred, gt))
+                    result.mosaic_titles.append(f"{sample['condition']}, frame {i}")
+            result.add(name, sample["condition"], pred, gt)
+    result.frames = result.camera_frames = count
+    return result
+
+
+def _denormalize(chw: np.ndarray) -> np.ndarray:
+    """ImageNet-normalized [3, H, W] back to uint8 [H, W, 3] for the mosaic."""
+    rgb = chw.transpose(1, 2, 0) * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)
+    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)

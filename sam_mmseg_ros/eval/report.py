@@ -1,0 +1,108 @@
+"""Evaluation reports: metrics.json, report.md and the PNG figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sam_mmseg_ros.contracts import HEALTH_STATES, MODALITIES
+from sam_mmseg_ros.eval.results import FULL, EvalResult
+from sam_mmseg_ros.labels import CLASSES
+
+
+def write_report(result: EvalResult, out_dir: str | Path, title: str = "Evaluation",
+                 extra_sections: list[str] | None = None, with_figures: bool = True) -> dict:
+    """metrics.json, report.md and (`with_figures`) the PNGs; returns the summary written to
+    metrics.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = result.summary()
+    figures = write_figures(result, out) if with_figures else []
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "report.md").write_text(render_markdown(summary, title, figures, extra_sections))
+    return summary
+
+
+def write_figures(result: EvalResult, out: Path) -> list[str]:
+    """Confusion matrix, per-class IoU, overlay mosaic and health timeline, where there is data."""
+    from sam_mmseg_ros.eval import plots
+
+    figures = []
+    full = result.confusion.get(FULL)
+    if full is not None and full.total:
+        plots.plot_confusion_matrix(full, CLASSES, out / "confusion_matrix.png")
+        plots.plot_class_iou(full.iou(), CLASSES, out / "class_iou.png")
+        figures += ["confusion_matrix.png", "class_iou.png"]
+    if result.mosaic:
+        plots.overlay_mosaic(result.mosaic, out / "overlay_mosaic.png", cols=2,
+                             titles=[f"{t}: prediction | ground truth" for t in result.mosaic_titles])
+        figures.append("overlay_mosaic.png")
+    if result.timeline:
+        t0 = result.timeline[0]["stamp_ns"]
+        times = [(r["stamp_ns"] - t0) * 1e-9 for r in result.timeline]
+        plots.plot_health_timeline(
+            times, {m: [r.get(m, "missing") for r in result.timeline] for m in MODALITIES},
+            out / "health_timeline.png",
+            router_weights={m: [r.get(f"{m}_weight", 0.0) for r in result.timeline] for m in MODALITIES})
+        figures.append("health_timeline.png")
+    return figures
+
+
+def model_line(model: dict) -> str:
+    if not model:
+        return "unknown"
+    text = f"{model['backend']} ({model['precision']}), input {model['input_size'][0]}x{model['input_size'][1]}, "
+    if model.get("trained"):
+        return text + f"trained weights `{model.get('checkpoint')}`"
+    return text + ("**UNTRAINED** (random weights: no trained checkpoint was found, so the scores below "
+                   "are meaningless; they only show that the pipeline runs end to end)")
+
+
+def render_markdown(summary: dict, title: str, figures: list[str] | None = None,
+                    extra_sections: list[str] | None = None) -> str:
+    lines = [f"# {title}", "", f"- Source: `{summary['source']}` ({summary['mode']})",
+             f"- Model: {model_line(summary['model'])}",
+             f"- Frames scored: {summary['frames']} of {summary['camera_frames']} camera frames"]
+    if summary.get("dropped_frames") is not None:
+        lines.append(f"- Frames the node dropped (no output): {summary['dropped_frames']}")
+    full = summary["miou"].get(FULL)
+    lines += [f"- **mIoU ({FULL}): {_fmt(full)} %**", ""]
+    for section in extra_sections or []:
+        lines += [section, ""]
+    if len(summary["miou"]) > 1:
+        lines += ["## mIoU by modality subset", "", "| subset | mIoU (%) | pixel accuracy (%) |", "|---|---|---|"]
+        for subset, miou in summary["miou"].items():
+            lines.append(f"| {subset} | {_fmt(miou)} | {_fmt(summary['pixel_accuracy'][subset])} |")
+    elif full is not None:
+        lines.append(f"Pixel accuracy ({FULL}): {_fmt(summary['pixel_accuracy'][FULL])} %")
+    conditions = sorted({c for d in summary["miou_per_condition"].values() for c in d})
+    if conditions:
+        lines += ["", "## mIoU per condition (%)", "", "| subset | " + " | ".join(conditions) + " |",
+                  "|---|" + "---|" * len(conditions)]
+        for subset, per in summary["miou_per_condition"].items():
+            lines.append(f"| {subset} | " + " | ".join(_fmt(per.get(c)) for c in conditions) + " |")
+    present = {c: v for c, v in summary["class_iou"].items() if v is not None}
+    if present:
+        lines += ["", f"## Per-class IoU ({FULL}, classes that occur)", "", "| class | IoU (%) |", "|---|---|"]
+        lines += [f"| {c} | {_fmt(v)} |" for c, v in present.items()]
+    if summary["latency_ms"]:
+        lines += ["", "## Latency (ms)", "", summary["latency_note"], "",
+                  "| stage | p50 | p95 | p99 | mean | n |", "|---|---|---|---|---|---|"]
+        for stage, p in summary["latency_ms"].items():
+            if p:
+                lines.append(f"| {stage} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f} | {p['mean']:.1f} | {p['n']} |")
+    if summary["health_counts"]:
+        lines += ["", "## Health (frames per state)", "", "| modality | " + " | ".join(HEALTH_STATES) + " |",
+                  "|---|" + "---|" * len(HEALTH_STATES)]
+        for m in MODALITIES:
+            counts = summary["health_counts"].get(m, {})
+            lines.append(f"| {m} | " + " | ".join(str(counts.get(s, 0)) for s in HEALTH_STATES) + " |")
+    if summary["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in summary["notes"]]
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
