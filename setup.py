@@ -23,6 +23,7 @@ setup(
         "numpy>=1.24",
         "torch>=2.1",
         "onnx>=1.15",
+        "onnxscript",  # torch.onnx.export(dynamo=True): the node exports a checkpoint for ONNX Runtime / TensorRT
         "onnxruntime>=1.17",
         "rosbags>=0.10",
         "tqdm",
@@ -35,7 +36,6 @@ setup(
             "pytest",
             "ruff",
             "segment-anything",
-            "onnxscript",
             "colcon-common-extensions",
             "xmlschema",
         ],
