@@ -29,6 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS, IMAGENET_MEAN, IMAGENET_STD, MODALITIES
+from sam_mmseg_ros.engine.exporter_output import exporter_output_at_debug
 
 LOG = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ def export_model(model, output: str | os.PathLike, *, input_size: tuple[int, int
     images = torch.rand(1, num_modalities, 3, height, width, generator=generator)
     modality_mask = torch.ones(1, num_modalities)
     model = model.eval().float().cpu()
-    with torch.no_grad():
+    with torch.no_grad(), exporter_output_at_debug():
         program = torch.onnx.export(
             model, (images, modality_mask), None, dynamo=True, optimize=True, opset_version=opset,
             input_names=list(ENGINE_INPUTS), output_names=list(ENGINE_OUTPUTS), external_data=False,
