@@ -1,4 +1,4 @@
-"""Replay a rosbag2 with /clock into the sam_mmseg node (sim time) and RViz.
+"""Replay a rosbag2 with /clock into the sam_mmseg node (sim time), RViz optional.
 
     ros2 launch sam_mmseg_ros replay_eval.launch.py bag:=/data/drive_01 checkpoint:=/path/model.pt
 """
@@ -7,15 +7,18 @@ from launch.actions import (
     DeclareLaunchArgument,
     ExecuteProcess,
     IncludeLaunchDescription,
+    LogInfo,
     RegisterEventHandler,
     SetEnvironmentVariable,
+    Shutdown,
 )
-from launch.event_handlers import OnProcessIO
+from launch.event_handlers import OnProcessExit, OnProcessIO
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
+from sam_mmseg_ros.launch_support import tool_command
 from sam_mmseg_ros.ros.dds import PROFILE_VARIABLE, dds_environment
 
 PACKAGE = "sam_mmseg_ros"
@@ -36,6 +39,21 @@ def start_when_node_ready(action) -> RegisterEventHandler:
     return RegisterEventHandler(OnProcessIO(on_stdout=on_output, on_stderr=on_output))
 
 
+def after_replay(event, context):
+    """A failed replay ends the launch (the node would idle forever); a finished one leaves the node
+    and RViz up to look at."""
+    if event.returncode != 0:
+        return Shutdown(reason=f"the replay failed (exit code {event.returncode})")
+    return LogInfo(msg="replay finished; the node keeps running (Ctrl-C to stop)")
+
+
+def replay_action() -> ExecuteProcess:
+    """`sam-mmseg replay`, found where this install put it, publishing the bag with its original
+    timing and /clock over the same Fast DDS profile as the node."""
+    return ExecuteProcess(cmd=[*tool_command(), "replay", LaunchConfiguration("bag"), "--rate",
+                               LaunchConfiguration("rate")], name="replay", output="screen")
+
+
 def generate_launch_description():
     share = FindPackageShare(PACKAGE).find(PACKAGE)
     node = IncludeLaunchDescription(
@@ -43,19 +61,17 @@ def generate_launch_description():
         launch_arguments={"use_sim_time": "true", "rviz": LaunchConfiguration("rviz"),
                           "checkpoint": LaunchConfiguration("checkpoint"),
                           "backend": LaunchConfiguration("backend")}.items())
-    # `sam-mmseg replay` publishes the bag with its original timing and /clock, over the same
-    # Fast DDS profile as the node, once the node is ready.
     dds = dds_environment()
-    replay = ExecuteProcess(cmd=["sam-mmseg", "replay", LaunchConfiguration("bag"), "--rate",
-                                 LaunchConfiguration("rate")], output="screen")
+    replay = replay_action()
     return LaunchDescription([
         DeclareLaunchArgument("bag", description="rosbag2 folder to replay"),
         DeclareLaunchArgument("rate", default_value="1.0"),
         DeclareLaunchArgument("checkpoint", default_value=""),
         DeclareLaunchArgument("backend", default_value=""),
-        DeclareLaunchArgument("rviz", default_value="true"),
+        DeclareLaunchArgument("rviz", default_value="false", description="true|false|1|0"),
         SetEnvironmentVariable(PROFILE_VARIABLE, dds[PROFILE_VARIABLE]),
         SetEnvironmentVariable("RMW_IMPLEMENTATION", dds["RMW_IMPLEMENTATION"]),
         node,
         start_when_node_ready(replay),
+        RegisterEventHandler(OnProcessExit(target_action=replay, on_exit=after_replay)),
     ])

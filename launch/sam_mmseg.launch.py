@@ -3,28 +3,43 @@
     ros2 launch sam_mmseg_ros sam_mmseg.launch.py checkpoint:=/path/model.pt rgb:=/camera/image_raw
 """
 
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
-from launch.conditions import IfCondition
+import launch.logging
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
 from sam_mmseg_ros.contracts import INPUT_TOPICS
+from sam_mmseg_ros.launch_support import launch_bool, node_namespace, package_executable, rviz_config
 from sam_mmseg_ros.ros.dds import PROFILE_VARIABLE, dds_environment
 
 PACKAGE = "sam_mmseg_ros"
 OVERRIDES = ("backend", "checkpoint", "engine_path")  # empty: keep the params file's value
 
 
-def _node(context):
-    value = {name: LaunchConfiguration(name).perform(context) for name in (*OVERRIDES, "use_sim_time")}
+def _node_and_viewer(context, share):
+    """The node and RViz, with every argument checked and rviz2 looked up before either starts."""
+    value = {name: LaunchConfiguration(name).perform(context)
+             for name in (*OVERRIDES, "use_sim_time", "rviz", "namespace")}
+    use_sim_time = launch_bool("use_sim_time", value["use_sim_time"])
+    show_rviz = launch_bool("rviz", value["rviz"])
+    namespace = node_namespace(value["namespace"])
     overrides = {name: value[name] for name in OVERRIDES if value[name]}
-    overrides["use_sim_time"] = value["use_sim_time"].lower() == "true"
+    overrides["use_sim_time"] = use_sim_time
     remappings = [(topic, LaunchConfiguration(key).perform(context)) for key, topic in INPUT_TOPICS.items()]
-    return [Node(package=PACKAGE, executable="sam_mmseg_node", name="sam_mmseg",
-                 namespace=LaunchConfiguration("namespace"), output="screen", emulate_tty=True,
-                 parameters=[LaunchConfiguration("params_file"), overrides], remappings=remappings)]
+    actions = [Node(package=PACKAGE, executable="sam_mmseg_node", name="sam_mmseg", namespace=namespace or None,
+                    output="screen", emulate_tty=True, remappings=remappings,
+                    parameters=[LaunchConfiguration("params_file"), overrides],
+                    on_exit=Shutdown(reason="the sam_mmseg node exited"))]
+    if show_rviz and package_executable("rviz2", "rviz2") is None:
+        launch.logging.get_logger("sam_mmseg.launch").warning(
+            "rviz:=true but rviz2 is not installed (no rviz2 package in the ament index): going on without RViz")
+    elif show_rviz:
+        config = rviz_config(namespace, f"{share}/config/sam_mmseg.rviz")
+        actions.append(Node(package="rviz2", executable="rviz2", arguments=["-d", str(config)],
+                            parameters=[{"use_sim_time": use_sim_time}]))
+    return actions
 
 
 def generate_launch_description():
@@ -36,8 +51,9 @@ def generate_launch_description():
         DeclareLaunchArgument("checkpoint", default_value="", description="model weights (.pt)"),
         DeclareLaunchArgument("engine_path", default_value="", description="TensorRT engine"),
         DeclareLaunchArgument("backend", default_value="", description="auto|tensorrt|onnxruntime|torch"),
-        DeclareLaunchArgument("use_sim_time", default_value="false"),
-        DeclareLaunchArgument("rviz", default_value="false"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="true|false|1|0"),
+        DeclareLaunchArgument("rviz", default_value="false",
+                              description="true|false|1|0; without rviz2 installed: a warning, no RViz"),
         # One remap argument per input; the default keeps the node's own topic.
         *[DeclareLaunchArgument(key, default_value=topic, description=f"topic for {topic}")
           for key, topic in INPUT_TOPICS.items()],
@@ -46,8 +62,5 @@ def generate_launch_description():
         *args,
         SetEnvironmentVariable(PROFILE_VARIABLE, dds[PROFILE_VARIABLE]),
         SetEnvironmentVariable("RMW_IMPLEMENTATION", dds["RMW_IMPLEMENTATION"]),
-        OpaqueFunction(function=_node),
-        Node(package="rviz2", executable="rviz2", arguments=["-d", f"{share}/config/sam_mmseg.rviz"],
-             parameters=[{"use_sim_time": LaunchConfiguration("use_sim_time")}],
-             condition=IfCondition(LaunchConfiguration("rviz"))),
+        OpaqueFunction(function=_node_and_viewer, kwargs={"share": share}),
     ])
