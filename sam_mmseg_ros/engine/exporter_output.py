@@ -1,7 +1,7 @@
 """Keep the ONNX exporter's own output (torch.onnx dynamo export, torch.export, onnxscript and
 onnx_ir passes) off a user's screen: ~170 lines of "Skipping constant folding..." and
 "Replaced initializer..." on a node's first start say nothing to someone running it, and bury
-what does. They stay available at DEBUG (`sam-mmseg -v export`, or the node's debug log level).
+what does. They stay available at DEBUG (`sam-mmseg -v export` shows them).
 
 Everything measured on the launch screen is Python-level: logging records (onnxscript, onnx_ir
 through the root logger; torch.onnx through torch's own stderr handler, in glog format), a
