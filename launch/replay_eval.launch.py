@@ -20,9 +20,10 @@ from launch_ros.substitutions import FindPackageShare
 from launch import LaunchDescription
 from sam_mmseg_ros.launch_support import tool_command
 from sam_mmseg_ros.ros.dds import PROFILE_VARIABLE, dds_environment
+from sam_mmseg_ros.runtime import MODEL_READY
 
 PACKAGE = "sam_mmseg_ros"
-READY = b"model ready"  # the node's log line once its backend is loaded and warmed up
+READY = MODEL_READY.encode()  # the node's log line once its backend is loaded and warmed up
 
 
 def start_when_node_ready(action) -> RegisterEventHandler:

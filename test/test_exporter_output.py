@@ -14,10 +14,19 @@ from sam_mmseg_ros.engine.export import export_model
 from sam_mmseg_ros.engine.exporter_output import EXPORTER_LOGGERS, LOG, exporter_output_at_debug
 from sam_mmseg_ros.model import build_model
 
+# Module-level loggers, as the exporter's modules create them when imported (before any export).
+FOLDING = logging.getLogger("onnxscript.optimizer._constant_folding")
+REGISTRATION = logging.getLogger("torch.onnx._internal.exporter._registration")
+
+
+def _state():
+    return {name: (logging.getLogger(name).handlers, logging.getLogger(name).propagate)
+            for name in (*EXPORTER_LOGGERS, FOLDING.name, REGISTRATION.name)}
+
 
 def _chatter():
-    logging.getLogger("onnxscript.optimizer._constant_folding").info("Skipping constant folding for node")
-    logging.getLogger("torch.onnx._internal.exporter._registration").warning("torchvision is not installed")
+    FOLDING.info("Skipping constant folding for node")
+    REGISTRATION.warning("torchvision is not installed")
     warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning, stacklevel=1)
     print("[torch.onnx] Obtain model graph")
 
@@ -34,15 +43,13 @@ def torch_onnx_handler():
 
 
 def test_chatter_leaves_info_and_the_screen(caplog, capsys, torch_onnx_handler):
-    before = {name: (logging.getLogger(name).handlers, logging.getLogger(name).propagate)
-              for name in EXPORTER_LOGGERS}
+    before = _state()
     filters = list(warnings.filters)
     with caplog.at_level(logging.INFO), exporter_output_at_debug():
         _chatter()
     assert caplog.records == []
     assert capsys.readouterr() == ("", "")
-    assert {name: (logging.getLogger(name).handlers, logging.getLogger(name).propagate)
-            for name in EXPORTER_LOGGERS} == before
+    assert _state() == before
     assert warnings.filters == filters
 
 
@@ -56,15 +63,16 @@ def test_chatter_is_kept_at_debug(caplog, capsys, torch_onnx_handler):
                  "[torch.onnx] Obtain model graph"):
         assert said in text
     # A record keeps the name of the exporter logger that wrote it.
-    assert "onnxscript.optimizer._constant_folding" in {r.name for r in caplog.records}
+    assert FOLDING.name in {r.name for r in caplog.records}
 
 
 def test_a_failed_export_still_restores_and_keeps_its_output(caplog):
+    before = _state()
     with caplog.at_level(logging.DEBUG, logger=LOG.name), pytest.raises(RuntimeError, match="boom"):
         with exporter_output_at_debug():
             print("half way")
             raise RuntimeError("boom")
-    assert logging.getLogger("onnxscript").propagate and "half way" in caplog.text
+    assert _state() == before and "half way" in caplog.text
 
 
 def test_a_real_export_is_quiet_at_info(tmp_path, caplog, capfd):
