@@ -34,7 +34,8 @@ def _node_and_viewer(context, share):
                     on_exit=Shutdown(reason="the sam_mmseg node exited"))]
     if show_rviz and package_executable("rviz2", "rviz2") is None:
         launch.logging.get_logger("sam_mmseg.launch").warning(
-            "rviz:=true but rviz2 is not installed (no rviz2 package in the ament index): going on without RViz")
+            f"rviz:={value['rviz']} but rviz2 is not installed (no rviz2 package in the ament index): "
+            "going on without RViz")
     elif show_rviz:
         config = rviz_config(namespace, f"{share}/config/sam_mmseg.rviz")
         actions.append(Node(package="rviz2", executable="rviz2", arguments=["-d", str(config)],
