@@ -130,6 +130,15 @@ SUBSCRIBER = textwrap.dedent("""
 
 
 @pytest.mark.ros
+def test_replay_of_a_missing_bag_says_so(tmp_path, monkeypatch, caplog):
+    from ros_helpers import random_domain_id
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(random_domain_id()))
+    assert cli_main(["replay", str(tmp_path / "no_bag"), "--discovery-wait", "0"]) == 1
+    assert "cannot replay" in caplog.text and "no_bag" in caplog.text
+
+
+@pytest.mark.ros
 def test_replay_over_dds(tmp_path, frames, monkeypatch):
     from ros_helpers import RosProcess, random_domain_id, ros_env
 

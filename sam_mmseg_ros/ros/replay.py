@@ -171,5 +171,8 @@ def run(args) -> int:
         stop.set()
         log.info("stopped")
         return 0
+    except FileNotFoundError as exc:  # no bag there: say so, without a traceback
+        log.error("cannot replay: %s", exc)
+        return 1
     log.info("published %d messages from %s", count, args.bag)
     return 0
