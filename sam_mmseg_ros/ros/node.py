@@ -176,7 +176,7 @@ class SamMmsegNode(Node):
     def shutdown(self) -> None:
         """Stop the worker, then publish the final counters once."""
         self._stop.set()
-        self._worker.join(timeout=5.0)
+        self._worker.join(timeout=2.0)  # a worker busy loading a model must not hold up a shutdown
         self._publish_diagnostics(force=True)
 
 
