@@ -11,6 +11,7 @@ from sam_mmseg_ros.contracts import MODALITIES, EventArray, FrameBundle, ImageDa
 from sam_mmseg_ros.health import HealthMonitor, HealthThresholds
 from sam_mmseg_ros.pipeline import FrameResult, SegmentationPipeline, resize_nearest
 from sam_mmseg_ros.sensors.camera import CameraModel
+from sam_mmseg_ros.sensors.encodings import NATIVE
 from sam_mmseg_ros.sensors.lidar import project_points
 from sam_mmseg_ros.sensors.preprocess import PreprocessConfig
 
@@ -64,7 +65,7 @@ T_CAMERA_LIDAR[2, 3] = -1.0  # camera = lidar - 1 m in z
 
 
 def make_pipeline() -> SegmentationPipeline:
-    config = PreprocessConfig(input_size=INPUT, depth_encoding="inverse")
+    config = PreprocessConfig(input_size=INPUT, encodings={**NATIVE, "depth": "inverse-depth-v1"})
     return SegmentationPipeline(StripesBackend(), config, HealthMonitor(HealthThresholds(min_points_in_image=10)))
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from sam_mmseg_ros.contracts import EventArray, ImageData, InputError
-from sam_mmseg_ros.sensors.events import encode_events, event_frame, voxel_grid
+from sam_mmseg_ros.sensors.events import dvs_image, encode_events, event_frame, voxel_grid
+from sam_mmseg_ros.sensors.image_input import resize_sparse
 
 
 def _events(xyp, width, height, t_ns=None):
@@ -69,7 +70,7 @@ def test_encode_events_stats_and_voxel_representation():
     frame, stats = encode_events(events, (4, 4), window_s=0.05)
     assert stats == {"event_count": 10.0, "event_rate_hz": pytest.approx(200.0)}
     assert frame[2, 1, 1] == 1.0
-    voxels, _ = encode_events(events, (4, 4), window_s=0.05, representation="voxel")
+    voxels, _ = encode_events(events, (4, 4), window_s=0.05, encoding="event-voxel-v1")
     assert voxels.shape == (3, 4, 4) and voxels.min() >= 0 and voxels.max() <= 1
     assert voxels[0, 0, 0] == 0.5 and voxels[:, 1, 1].sum() > 1.5  # 0.5 = no event
     _, no_window = encode_events(events, (4, 4))
@@ -90,6 +91,36 @@ def test_accumulated_event_images():
     assert not frame[:2].any()
     with pytest.raises(InputError, match="rgb16"):
         encode_events(ImageData(np.zeros((4, 4, 3), np.uint16), "rgb16"), (4, 4))
+
+
+def test_carla_dvs_image_full_intensity_per_polarity_at_sensor_resolution():
+    # Five events on one pixel and one on another: DVS images hold "any event", not counts.
+    events = _events([(1, 2, 1)] * 5 + [(3, 0, -1), (1, 2, -1)], width=6, height=4)
+    image = dvs_image(events)
+    assert image.shape == (4, 6, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[2, 1], [255, 0, 255])  # both polarities: red and blue
+    np.testing.assert_array_equal(image[0, 3], [255, 0, 0])  # darker: red, as CARLA draws it
+    assert np.count_nonzero(image) == 3
+    # Into the model input through the same code as a DELIVER event file: a 2x upscaled sensor
+    # repeats pixels, and a single event survives a non-integer downscale.
+    frame, stats = encode_events(events, (8, 12), window_s=0.1, encoding="carla-dvs-v1")
+    np.testing.assert_array_equal(frame[:, 4:6, 2:4], np.broadcast_to([[[1.0]], [[0.0]], [[1.0]]], (3, 2, 2)))
+    assert stats == {"event_count": 7.0, "event_rate_hz": pytest.approx(70.0)}
+    from_file, _ = encode_events(ImageData(image, "rgb8"), (8, 12), encoding="carla-dvs-v1")
+    np.testing.assert_array_equal(frame, from_file)
+    small, _ = encode_events(events, (3, 5), encoding="carla-dvs-v1")
+    assert small[0].sum() == 2 and small[2].sum() == 1
+
+
+def test_sparse_resize_keeps_events_and_nearest_points():
+    image = np.zeros((7, 10, 1), np.uint8)
+    image[0, 0], image[0, 1], image[6, 9] = 40, 12, 200
+    np.testing.assert_array_equal(resize_sparse(image, (3, 4), "max")[:, :, 0],
+                                  [[40, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 200]])
+    np.testing.assert_array_equal(resize_sparse(image, (3, 4), "nearest_point")[:, :, 0],
+                                  [[12, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 200]])
+    up = resize_sparse(image, (14, 20), "nearest_point")
+    assert up.shape == (14, 20, 1) and (up[:2, :2, 0] == 40).all()
 
 
 def test_malformed_events_raise_input_error():

@@ -12,6 +12,7 @@ from sam_mmseg_ros.contracts import (
     PointCloud,
 )
 from sam_mmseg_ros.sensors.camera import CameraModel
+from sam_mmseg_ros.sensors.encodings import NATIVE
 from sam_mmseg_ros.sensors.preprocess import (
     NO_CAMERA_LIDAR,
     PreprocessConfig,
@@ -68,10 +69,10 @@ def test_absent_modalities_are_zero_slots_with_mask_zero():
 
 def test_input_error_in_one_modality_leaves_the_others_intact():
     good = preprocess(_bundle(), CONFIG)
-    bad_depth = ImageData(np.zeros((48, 64), np.uint8), "mono8")
+    bad_depth = ImageData(np.zeros((48, 64), np.int16), "16SC1")
     encoded = preprocess(_bundle(depth=bad_depth), CONFIG)
     depth = MODALITY_INDEX["depth"]
-    assert "mono8" in encoded.errors["depth"] and set(encoded.errors) == {"depth"}
+    assert "16SC1" in encoded.errors["depth"] and set(encoded.errors) == {"depth"}
     assert encoded.model_input.modality_mask[0, depth] == 0
     assert not encoded.model_input.images[0, depth].any()
     keep = [MODALITY_INDEX[m] for m in MODALITIES if m != "depth"]
@@ -85,7 +86,7 @@ def test_missing_camera_info_makes_lidar_and_hha_absent():
     assert "camera_info" in encoded.errors["depth"]
     np.testing.assert_array_equal(encoded.model_input.modality_mask, [[1, 0, 1, 0]])
     assert encoded.projected_lidar is None
-    inverse = preprocess(_bundle(camera=None), PreprocessConfig(input_size=(24, 32), depth_encoding="inverse"))
+    inverse = preprocess(_bundle(camera=None), PreprocessConfig(input_size=(24, 32), encodings={**NATIVE, "depth": "inverse-depth-v1"}))
     assert inverse.model_input.modality_mask[0, MODALITY_INDEX["depth"]] == 1
 
 

@@ -1,6 +1,8 @@
-"""Event-camera encoder: an event window -> 3-channel image in [0, 1] at the model input size.
+"""Event-camera encoders: an event window -> 3-channel image in [0, 1] at the model input size.
 
-Polarity frame (`event_frame`, the default), laid out like the CARLA DVS renders DELIVER's
+Three encodings (named in sensors/encodings.py, recorded in every checkpoint):
+
+`event-count-v1` (the package's own, `event_frame`), laid out like the CARLA DVS renders DELIVER's
 event images come from (red = darker, blue = brighter):
 
 | ch | meaning | scaling |
@@ -12,8 +14,19 @@ event images come from (red = darker, blue = brighter):
 Counts saturate at `EVENT_COUNT_SATURATION` so that a few very active pixels (flicker, hot
 pixels) do not push every other event towards zero, as a per-frame maximum would.
 
-Voxel grid (`event_representation="voxel"`): 3 time bins, events spread bilinearly in time
-and weighted by polarity, mapped to 0.5 + 0.5 * clip(sum / 4, -1, 1) (0.5 = no event).
+`event-voxel-v1`: 3 time bins, events spread bilinearly in time and weighted by polarity, mapped
+to 0.5 + 0.5 * clip(sum / 4, -1, 1) (0.5 = no event).
+
+`carla-dvs-v1` (what DELIVER's event images hold, `dvs_image`): CARLA's DVS sensor output drawn as
+CARLA's own examples draw it, `image[y, x, polarity * 2] = 255`: any event, however many, sets
+its polarity's channel to full intensity, red (ch0) darker, blue (ch2) brighter, green unused,
+at the event sensor's own resolution; DELIVER's `eventlowres` case is a lower sensor resolution.
+That image then goes through `image_input.encode_image_input` ("max": an event pixel survives
+any downscale), exactly as a DELIVER event file or a ready event image does. Known: the loader
+reads these files as 3-channel images and resizes low-resolution ones nearest-neighbour to the
+RGB size; CARLA's DVS draws red/blue at 255 on black; DELIVER's figures show such red/blue
+images. Assumed: the files keep CARLA's RGB channel order (red darker), and one image holds the
+events of one camera frame period (the node uses `event_window_ms`).
 
 The event sensor may have another resolution than the model input (and the RGB camera): sensor
 pixel (x, y) goes to input pixel floor((x + 0.5) * W / width), same for rows, so the whole
@@ -25,11 +38,10 @@ from __future__ import annotations
 import numpy as np
 
 from sam_mmseg_ros.contracts import EventArray, ImageData, InputError
-from sam_mmseg_ros.sensors.rgb import rgb_to_uint8
+from sam_mmseg_ros.sensors.encodings import ENCODINGS, live_encodings
+from sam_mmseg_ros.sensors.image_input import encode_image_input
 
 EVENT_COUNT_SATURATION = 4.0
-EVENT_REPRESENTATIONS = ("polarity", "voxel")
-EVENT_IMAGE_ENCODINGS = ("mono8", "rgb8", "bgr8")
 VOXEL_BINS = 3
 
 
@@ -90,23 +102,36 @@ def voxel_grid(events: EventArray, bins: int = VOXEL_BINS,
     return grid.astype(np.float32).reshape(bins, h, w)
 
 
+def dvs_image(events: EventArray) -> np.ndarray:
+    """The `carla-dvs-v1` image of an event window at the event sensor's resolution: uint8
+    [height, width, 3], 255 in channel 0 where any darker event fell, in channel 2 where any
+    brighter one, 0 elsewhere (see the module docstring)."""
+    flat, inside = event_pixels(events, (events.height, events.width))
+    image = np.zeros((events.height, events.width, 3), np.uint8)
+    channel = np.where(np.asarray(events.polarity)[inside] > 0, 2, 0)
+    image.reshape(-1)[flat * 3 + channel] = 255  # duplicates all write 255: order does not matter
+    return image
+
+
 def encode_events(data: EventArray | ImageData, size: tuple[int, int] = (512, 512),
-                  window_s: float | None = None, representation: str = "polarity",
+                  window_s: float | None = None, encoding: str = "event-count-v1",
                   out: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """float32 [3, H, W] in [0, 1] plus stats `event_count` and `event_rate_hz`.
 
     `window_s` is the length of the accumulation window (the rate is count / window_s; without
-    it, the span of the event timestamps). An ImageData is an event frame accumulated
-    upstream (mono8 replicated to 3 channels, rgb8/bgr8 as RGB), max-pooled to `size` so that
-    isolated events survive; its `event_count` is the number of pixels with any event.
+    it, the span of the event timestamps). An ImageData is an event frame rendered upstream in
+    `encoding` (e.g. a DELIVER event image); its `event_count` is the number of pixels with any
+    event.
     """
-    if representation not in EVENT_REPRESENTATIONS:
-        raise ValueError(f"unknown event representation '{representation}' "
-                         f"(use {' or '.join(EVENT_REPRESENTATIONS)})")
+    if encoding not in live_encodings("event"):
+        raise ValueError(f"unknown event encoding '{encoding}' (use {', '.join(live_encodings('event'))})")
     if isinstance(data, ImageData):
-        return _encode_event_image(data, size, window_s, out)
-    if representation == "polarity":
+        out, active = encode_image_input(data, size, ENCODINGS[encoding].image_resample, out)
+        return out, {"event_count": float(active), "event_rate_hz": active / window_s if window_s else 0.0}
+    if encoding == "event-count-v1":
         frame = event_frame(data, size, out=out)
+    elif encoding == "carla-dvs-v1":
+        frame, _ = encode_image_input(ImageData(dvs_image(data), "rgb8"), size, "max", out)
     else:
         grid = voxel_grid(data, VOXEL_BINS, size)
         frame = out if out is not None else np.empty((VOXEL_BINS, *size), np.float32)
@@ -114,28 +139,6 @@ def encode_events(data: EventArray | ImageData, size: tuple[int, int] = (512, 51
         frame += 0.5
     count = len(data)
     return frame, {"event_count": float(count), "event_rate_hz": _rate(count, data.t_ns, window_s)}
-
-
-def _encode_event_image(image: ImageData, size: tuple[int, int], window_s: float | None,
-                        out: np.ndarray | None) -> tuple[np.ndarray, dict[str, float]]:
-    if image.encoding not in EVENT_IMAGE_ENCODINGS:
-        raise InputError(f"unsupported event image encoding '{image.encoding}' "
-                         f"(supported: {', '.join(EVENT_IMAGE_ENCODINGS)})")
-    rgb = rgb_to_uint8(image)
-    active = int(np.count_nonzero(rgb.max(axis=2)))
-    h, w = size
-    H, W = rgb.shape[:2]
-    if H % h == 0 and W % w == 0:
-        small = rgb.reshape(h, H // h, w, W // w, 3).max(axis=(1, 3))
-    else:
-        rows = ((np.arange(h) + 0.5) * (H / h)).astype(np.intp)
-        cols = ((np.arange(w) + 0.5) * (W / w)).astype(np.intp)
-        small = rgb[rows[:, None], cols[None, :]]
-    if out is None:
-        out = np.empty((3, h, w), np.float32)
-    np.multiply(small.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=out)
-    rate = active / window_s if window_s else 0.0
-    return out, {"event_count": float(active), "event_rate_hz": float(rate)}
 
 
 def _rate(count: int, t_ns: np.ndarray, window_s: float | None) -> float:

@@ -11,6 +11,19 @@ Encoding (`encode_lidar`), per pixel of the model input, 0 where no point lands:
 
 Validity has its own channel so that a far point (ch0 near 0) is not mistaken for "no point".
 
+This is the `lidar-projection-v1` encoding (sensors/encodings.py). `deliver_lidar_image` is the
+`deliver-lidar-v1` one, what DELIVER's LiDAR images hold, reproduced from a point cloud so a model
+trained on DELIVER gets the same kind of input on the car. Known (DELIVER's loader, paper figures,
+repository issues): one uint8 image per frame, a front-view projection of the LiDAR aligned with
+and as large as the RGB image, read as 3 channels (a grey file is repeated), sparse scan lines
+on black, values reported within [0, 100]. Assumed, since DELIVER does not document it: each
+pixel holds the range from the LiDAR of the nearest point landing on it in whole metres,
+clipped to [1, 100] (CARLA's LiDAR range; farther points are not measured), 0 where no point
+lands, the same value in every channel; points are single pixels. The image is made at the
+camera resolution, as DELIVER's are, and brought to the model input by
+`image_input.encode_image_input` ("nearest_point": the nearest point per input pixel) exactly as
+a DELIVER LiDAR file is.
+
 Projection goes through `CameraModel.project`, so the lens distortion is applied and points
 land on the raw image the camera publishes. Before it, a cheap cut keeps only points whose
 normalized radius can reach the image; that cut also stops at the radius where the radial
@@ -29,7 +42,8 @@ from sam_mmseg_ros.sensors.camera import DISTORTION_CLAMP, CameraModel
 
 MIN_DEPTH_M = 0.1
 """Points closer than this to the camera plane are dropped (sensor housing, ego vehicle)."""
-
+DELIVER_LIDAR_RANGE_M = (1, 100)
+"""Ranges a `deliver-lidar-v1` pixel holds, in whole metres (assumed; see the module docstring)."""
 
 
 @dataclass
@@ -221,14 +235,30 @@ def encode_lidar(raster: LidarRaster, max_range_m: float = 80.0, intensity_scale
     intensity *= np.float32(1.0 / scale)
     np.put(out[1], hit, np.clip(intensity, 0.0, 1.0, out=intensity))
     np.put(out[2], hit, 1.0)
-    total = raster.points_total
-    stats = {
-        "points_total": float(total),
-        "points_in_image": float(raster.points_in_image),
-        "in_image_fraction": raster.points_in_image / total if total else 0.0,
-        "nonfinite_count": float(raster.nonfinite_count),
-    }
-    return out, stats
+    return out, projection_stats(raster.points_total, raster.points_in_image, raster.nonfinite_count)
+
+
+def projection_stats(points_total: int, points_in_image: int, nonfinite_count: int) -> dict[str, float]:
+    """What health reads of any LiDAR encoding: points in the cloud, in the image, their ratio,
+    and non-finite points."""
+    return {"points_total": float(points_total), "points_in_image": float(points_in_image),
+            "in_image_fraction": points_in_image / points_total if points_total else 0.0,
+            "nonfinite_count": float(nonfinite_count)}
+
+
+def deliver_lidar_image(cloud: PointCloud, projected: ProjectedPoints) -> np.ndarray:
+    """The `deliver-lidar-v1` image of a projected cloud at the camera resolution: uint8 [H, W],
+    the range from the LiDAR (metres, rounded, 1..100) of the nearest point on each pixel, 0 where
+    none; points beyond 100 m are left out, as DELIVER's LiDAR would not have measured them."""
+    lo, hi = DELIVER_LIDAR_RANGE_M
+    xyz = np.asarray(cloud.xyz)[projected.index].astype(np.float32, copy=False)
+    ranges = np.sqrt(np.einsum("ij,ij->i", xyz, xyz))
+    near = ranges < hi + 0.5
+    value = np.clip(np.rint(ranges[near]), lo, hi).astype(np.uint8)
+    image = np.full(projected.height * projected.width, 255, np.uint8)
+    np.minimum.at(image, projected.row[near] * projected.width + projected.col[near], value)
+    image[image == 255] = 0
+    return image.reshape(projected.height, projected.width)
 
 
 def _row_dot(columns: np.ndarray, row: np.ndarray, offset: np.float32) -> np.ndarray:

@@ -10,29 +10,45 @@ The modalities are encoded one after another in the calling thread: on a 2-threa
 measured slower (median wall 14-20 ms in sequence, 17-33 ms on 2 threads, at 512x512) on the
 2-core machine shared with a training job, where the second thread mostly waits for a core
 and the GIL.
+
+What each slot holds is `config.encodings` (sensors/encodings.py), the record of the checkpoint
+the node runs, so a model trained on DELIVER gets DELIVER-style inputs. A modality may also
+arrive as a ready image (a DELIVER bag, an upstream event-frame node): depth as rgb8/bgr8/mono8
+instead of 32FC1/16UC1, events or LiDAR as an Image instead of an event array or a cloud. Such an
+image is taken to be in the slot's encoding and only brought to the input size, the way the
+encoding says (`image_input.encode_image_input`), as DELIVER files are when training.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from sam_mmseg_ros.contracts import MODALITIES, MODALITY_INDEX, FrameBundle, InputError, ModelInput
+from sam_mmseg_ros.contracts import MODALITIES, MODALITY_INDEX, FrameBundle, ImageData, InputError, ModelInput
 from sam_mmseg_ros.sensors.depth import encode_depth
+from sam_mmseg_ros.sensors.encodings import ENCODINGS, NATIVE, known
 from sam_mmseg_ros.sensors.events import encode_events
-from sam_mmseg_ros.sensors.lidar import ProjectedPoints, encode_lidar, project_points, rasterize
+from sam_mmseg_ros.sensors.image_input import encode_image_input, is_image_input
+from sam_mmseg_ros.sensors.lidar import (
+    ProjectedPoints,
+    deliver_lidar_image,
+    encode_lidar,
+    project_points,
+    projection_stats,
+    rasterize,
+)
 from sam_mmseg_ros.sensors.rgb import encode_rgb
 from sam_mmseg_ros.settings import default
 
 NO_CAMERA_LIDAR = "no camera_info received: LiDAR cannot be projected"
+_DEPTH_METHODS = {"hha-v1": "hha", "inverse-depth-v1": "inverse"}
 
 
 @dataclass
 class PreprocessConfig:
     input_size: tuple[int, int] = (512, 512)  # (H, W) of the model input
-    depth_encoding: str = "hha"  # "hha" | "inverse"
-    event_representation: str = "polarity"  # "polarity" | "voxel"
+    encodings: dict[str, str] = field(default_factory=lambda: dict(NATIVE))  # modality -> encoding name
     event_window_ms: float = default("event_window_ms")
     lidar_max_range_m: float = default("lidar_max_range_m")
     rgb_resize: str = "area"  # "area" | "nearest" (integer factors; see sensors.rgb)
@@ -67,6 +83,7 @@ def preprocess(bundle: FrameBundle, config: PreprocessConfig | None = None,
     used, e.g. once the backend has consumed it.
     """
     config = config or PreprocessConfig()
+    _check_config(config)
     size = tuple(config.input_size)
     shape = (1, len(MODALITIES), 3, *size)
     if out is None:
@@ -87,24 +104,30 @@ def preprocess(bundle: FrameBundle, config: PreprocessConfig | None = None,
         if data is None:
             slot.fill(0.0)
             continue
+        encoding = config.encodings[modality]
         try:
             if modality == "rgb":
                 _, stats, rgb8 = encode_rgb(data, size, config.rgb_resize, out=slot)
+            elif modality == "depth" and is_image_input(data):
+                _, active = encode_image_input(data, size, ENCODINGS[encoding].image_resample, slot)
+                stats = {"valid_fraction": active / float(data.array.shape[0] * data.array.shape[1])}
             elif modality == "depth":
-                _, stats = encode_depth(data, bundle.camera, size, config.depth_encoding,
-                                        config.depth_max_m, out=slot,
-                                        camera_height_m=config.camera_height_m)
+                if encoding not in _DEPTH_METHODS:
+                    raise InputError(f"the model's depth encoding '{encoding}' cannot be computed from a depth "
+                                     "image; it needs ready depth images (depth_input: image)")
+                _, stats = encode_depth(data, bundle.camera, size, _DEPTH_METHODS[encoding],
+                                        config.depth_max_m, out=slot, camera_height_m=config.camera_height_m)
             elif modality == "event":
-                _, stats = encode_events(data, size, config.event_window_ms / 1000.0,
-                                         config.event_representation, out=slot)
+                _, stats = encode_events(data, size, config.event_window_ms / 1000.0, encoding, out=slot)
+            elif is_image_input(data):
+                _, active = encode_image_input(data, size, ENCODINGS[encoding].image_resample, slot)
+                stats = {"points_in_image": float(active)}
             else:
                 if bundle.camera is None:
                     raise InputError(NO_CAMERA_LIDAR)
                 projected = project_points(data, np.eye(4) if T_camera_lidar is None else T_camera_lidar,
                                            bundle.camera)
-                raster = rasterize(projected, bundle.camera, size)
-                _, stats = encode_lidar(raster, config.lidar_max_range_m,
-                                        config.lidar_intensity_scale, out=slot)
+                stats = _encode_cloud(data, projected, bundle.camera, size, encoding, config, slot)
         except InputError as error:
             slot.fill(0.0)
             errors[modality] = str(error)
@@ -120,3 +143,22 @@ def preprocess(bundle: FrameBundle, config: PreprocessConfig | None = None,
         errors=errors,
         rgb_uint8=rgb8,
     )
+
+
+def _encode_cloud(cloud, projected: ProjectedPoints, camera, size: tuple[int, int], encoding: str,
+                  config: PreprocessConfig, slot: np.ndarray) -> dict[str, float]:
+    """A projected LiDAR cloud in `encoding`, into `slot`; the stats health needs."""
+    if encoding == "deliver-lidar-v1":
+        image = ImageData(deliver_lidar_image(cloud, projected), "mono8")
+        encode_image_input(image, size, ENCODINGS[encoding].image_resample, slot)
+        return projection_stats(projected.points_total, len(projected), projected.nonfinite_count)
+    raster = rasterize(projected, camera, size)
+    _, stats = encode_lidar(raster, config.lidar_max_range_m, config.lidar_intensity_scale, out=slot)
+    return stats
+
+
+def _check_config(config: PreprocessConfig) -> None:
+    for modality in MODALITIES:
+        name = config.encodings.get(modality)
+        if name not in ENCODINGS or ENCODINGS[name].modality != modality:
+            raise ValueError(f"{modality} encoding {name!r} is not one of {known(modality)}")
