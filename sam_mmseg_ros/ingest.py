@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from sam_mmseg_ros.contracts import BAG_TOPICS, FrameBundle, InputError, Stamped
+from sam_mmseg_ros.contracts import BAG_TOPICS, FrameBundle, ImageData, InputError, Stamped
 from sam_mmseg_ros.decoders.camera_info import camera_info_to_model
 from sam_mmseg_ros.decoders.common import stamp_to_ns
 from sam_mmseg_ros.decoders.image import image_to_numpy
@@ -21,6 +21,7 @@ from sam_mmseg_ros.health import HealthMonitor
 from sam_mmseg_ros.node_settings import NodeSettings
 from sam_mmseg_ros.pipeline import FrameResult, SegmentationPipeline
 from sam_mmseg_ros.reporting import ProblemLog
+from sam_mmseg_ros.sensors.image_input import is_image_input
 from sam_mmseg_ros.sync import SYNCED_MODALITIES, FrameAssembler
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,10 @@ class FrameFeeder:
             raise ValueError(f"unknown message kind '{kind}' (expected one of {KINDS})")
         elif not self.settings.enabled[kind]:
             pass  # the node does not subscribe to a disabled modality
-        elif kind == "event":
-            self.receive_events(msg, now_ns)
         elif kind == "depth":
-            self._buffer("depth", self._decode("depth", msg, image_to_numpy, now_ns))
+            self._buffer("depth", self._decode("depth", msg, self._depth_image, now_ns))
         else:
-            self._buffer("lidar", self._decode("lidar", msg, pointcloud2_to_cloud, now_ns))
+            self.receive_stream(kind, msg, now_ns)
         return None
 
     def receive_camera(self, msg, now_ns: int) -> Stamped | None:
@@ -103,16 +102,32 @@ class FrameFeeder:
         self.camera_size = self.camera_size or (camera.width, camera.height)
         self.assembler.set_camera(camera)
 
-    def receive_events(self, msg, now_ns: int) -> None:
-        """PointCloud2 events or an event-frame Image, whichever `event_input` subscribes to."""
-        is_image = hasattr(msg, "encoding")
-        if is_image != (self.settings.event_input == "image"):
-            return  # the node subscribes with the other message type
-        if is_image:
-            stamped = self._decode("event", msg, image_to_numpy, now_ns)
-        else:
-            stamped = self._decode("event", msg, lambda m: pointcloud2_to_events(m, *self._event_size()), now_ns)
-        self._buffer("event", stamped)
+    def receive_stream(self, kind: str, msg, now_ns: int) -> None:
+        """Events or LiDAR: a PointCloud2, or a ready Image when `<kind>_input` is 'image' (the
+        node subscribes with that type; offline, a message of the other type is reported)."""
+        wanted = self.settings.inputs[kind]
+
+        def decode(m):
+            is_image = hasattr(m, "encoding")
+            if is_image != (wanted == "image"):
+                raise InputError(f"a {'sensor_msgs/Image' if is_image else 'PointCloud2'} arrived but {kind}_input "
+                                 f"is '{wanted}' (set {kind}_input: {'image' if is_image else 'cloud'})")
+            if is_image:
+                return image_to_numpy(m)
+            return pointcloud2_to_events(m, *self._event_size()) if kind == "event" else pointcloud2_to_cloud(m)
+
+        self._buffer(kind, self._decode(kind, msg, decode, now_ns))
+
+    def _depth_image(self, msg) -> ImageData:
+        """Metric depth, or a ready depth image when `depth_input` is 'image'."""
+        image = image_to_numpy(msg)
+        if is_image_input(image) and self.settings.inputs["depth"] == "depth":
+            raise InputError(f"depth encoding '{image.encoding}' is a ready image, not metric depth (32FC1, 16UC1); "
+                             "set depth_input: image if it already holds the model's depth encoding")
+        if not is_image_input(image) and self.settings.inputs["depth"] == "image":
+            raise InputError(f"depth_input is 'image' but a '{image.encoding}' depth image arrived "
+                             "(set depth_input: depth for metric depth)")
+        return image
 
     def _decode(self, modality: str, msg, decode, now_ns: int) -> Stamped | None:
         try:
@@ -140,14 +155,21 @@ class FrameFeeder:
         return self.camera_size
 
 
+def model_source(backend) -> str:
+    """How a loaded model is named in messages: its checkpoint (or ONNX) file, else its backend."""
+    meta = getattr(backend, "metadata", {}) or {}
+    path = meta.get("checkpoint") or getattr(backend, "onnx_path", None)
+    return f"model {path}" if path else f"the {backend.name} model"
+
+
 class OfflineNode:
     """The node's stages in one thread, for bags: messages in bag order in, one `FrameResult` per
     camera frame out, configured like a node started with the same parameters."""
 
     def __init__(self, backend, settings: NodeSettings):
         self.feeder = FrameFeeder(settings)
-        self.pipeline = SegmentationPipeline(backend, settings.preprocess_config(backend.input_shape[-2:]),
-                                             self.feeder.health)
+        self.pipeline = SegmentationPipeline(backend, settings.preprocess_config(
+            backend.input_shape[-2:], backend.metadata.get("encodings"), model_source(backend)), self.feeder.health)
         self.T_camera_lidar = settings.T_camera_lidar
 
     def feed(self, kind: str, msg, now_ns: int) -> FrameBundle | None:

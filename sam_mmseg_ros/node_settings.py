@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sam_mmseg_ros.health import HealthThresholds
+from sam_mmseg_ros.sensors.encodings import check_encodings, live_encodings, resolve
 from sam_mmseg_ros.sensors.preprocess import PreprocessConfig
 from sam_mmseg_ros.settings import SettingsError, defaults, load_parameters, validate
 from sam_mmseg_ros.sync import SYNCED_MODALITIES, SyncConfig
@@ -49,7 +50,7 @@ class NodeSettings:
     values: dict  # every parameter by name, as given
     model: ModelSettings
     enabled: dict[str, bool]  # rgb and the synced modalities
-    event_input: str  # "cloud" (PointCloud2 events) or "image" (event frames)
+    inputs: dict[str, str]  # depth: "depth" | "image", event and lidar: "cloud" | "image"
     event_sensor_size: tuple[int, int]  # (width, height); (0, 0): the camera's
     event_window_ms: float
     lidar_max_range_m: float
@@ -95,7 +96,8 @@ class NodeSettings:
             device=v["device"] or None, cpu_threads=int(v["cpu_threads"]),
             input_size=(height, width) if height and width else None)
         event_width, event_height = (int(x) for x in v["event_sensor_size"])
-        return cls(values=dict(v), model=model, enabled=enabled, event_input=str(v["event_input"]),
+        inputs = {m: str(v[f"{m}_input"]) for m in SYNCED_MODALITIES}
+        return cls(values=dict(v), model=model, enabled=enabled, inputs=inputs,
                    event_sensor_size=(event_width, event_height), event_window_ms=float(v["event_window_ms"]),
                    lidar_max_range_m=float(v["lidar_max_range_m"]), sync=sync, thresholds=thresholds,
                    use_tf=bool(v["use_tf"]), T_camera_lidar=parameter_transform(v),
@@ -109,10 +111,19 @@ class NodeSettings:
         """The settings of a node started with `--params-file params_file -p overrides...`."""
         return cls.from_values(load_parameters(params_file, overrides))
 
-    def preprocess_config(self, input_size) -> PreprocessConfig:
-        """The encoders' settings, once the backend's input size is known."""
-        return PreprocessConfig(input_size=tuple(int(x) for x in input_size), event_window_ms=self.event_window_ms,
-                                lidar_max_range_m=self.lidar_max_range_m)
+    def preprocess_config(self, input_size, model_encodings: dict | None = None,
+                          model_source: str = "the model") -> PreprocessConfig:
+        """The encoders' settings once the model is loaded: its input size, and its encodings (its
+        checkpoint's record, `backend.metadata["encodings"]`; None: the package's native ones).
+        Raises EncodingError, naming the model's encoding and what the node computes, when an
+        enabled raw input (not a ready image) cannot be encoded the way the model was trained."""
+        encodings = resolve(model_encodings, model_source)
+        provides = {m: None if self.inputs[m] == "image" else live_encodings(m)
+                    for m in SYNCED_MODALITIES if self.enabled[m]}
+        check_encodings(encodings, {"rgb": live_encodings("rgb"), **provides}, model_source,
+                        "this node (" + ", ".join(f"{m}_input: {self.inputs[m]}" for m in provides) + ")")
+        return PreprocessConfig(input_size=tuple(int(x) for x in input_size), encodings=encodings,
+                                event_window_ms=self.event_window_ms, lidar_max_range_m=self.lidar_max_range_m)
 
 
 def quaternion_matrix(translation, xyzw) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 
 from sam_mmseg_ros.contracts import MODALITIES, Stamped
 from sam_mmseg_ros.health import ModalityHealth
-from sam_mmseg_ros.ingest import FrameFeeder
+from sam_mmseg_ros.ingest import FrameFeeder, model_source
 from sam_mmseg_ros.labels import colorize, overlay
 from sam_mmseg_ros.node_settings import NodeSettings
 from sam_mmseg_ros.pipeline import SegmentationPipeline
@@ -144,13 +144,16 @@ class SegmentationCore:
         try:
             backend = create_backend(model.backend, **model.backend_options(),
                                      logger=logging.getLogger("sam_mmseg_ros.engine"))
+            # The model's own encodings, checked before any frame: a model trained on inputs this
+            # node cannot produce is refused, not fed differently encoded ones.
+            config = self.settings.preprocess_config(backend.input_shape[-2:], backend.metadata.get("encodings"),
+                                                     model_source(backend))
             backend.warmup()
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, the node stays up
             self.model.failed(f"model failed to load: {exc}")
             self.log.error(self.model.error)
             return False
-        self.pipeline = SegmentationPipeline(backend, self.settings.preprocess_config(backend.input_shape[-2:]),
-                                             self.feeder.health)
+        self.pipeline = SegmentationPipeline(backend, config, self.feeder.health)
         self.model.ready(backend)
         self.log.info(f"{MODEL_READY}: backend={backend.name} precision={backend.precision} "
                       f"input={tuple(backend.input_shape)} trained={self.model.trained}")
@@ -182,7 +185,7 @@ class SegmentationCore:
                 wanted: set[str]) -> FrameOutputs:
         """Assemble, segment and render one camera frame (only the `wanted` outputs)."""
         bundle = self.feeder.assemble(camera)
-        lidar_frame = bundle.lidar.frame_id if bundle.lidar is not None else ""
+        lidar_frame = getattr(bundle.lidar, "frame_id", "")  # a ready LiDAR image needs no transform
         T = lookup_transform(camera.frame_id, lidar_frame)
         result = self.pipeline.run(bundle, self.now_ns(), T, paint="painted_points" in wanted)
         for modality in MODALITIES:

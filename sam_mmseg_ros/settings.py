@@ -83,8 +83,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("enable.depth", True, "subscribe to ~/input/depth and use it"),
     Setting("enable.event", True, "subscribe to ~/input/events and use it"),
     Setting("enable.lidar", True, "subscribe to ~/input/lidar and use it"),
-    Setting("event_input", "cloud", "~/input/events type: PointCloud2 of events, or a ready event-frame Image",
-            choices=("cloud", "image")),
+    Setting("depth_input", "depth", "~/input/depth holds metric depth (32FC1 or 16UC1 Image), or a ready depth "
+            "image (rgb8/bgr8/mono8) already in the model's depth encoding, e.g. a DELIVER bag's HHA images",
+            choices=("depth", "image")),
+    Setting("event_input", "cloud", "~/input/events type: PointCloud2 of events, or a ready event-frame Image "
+            "(rgb8/bgr8/mono8) in the model's event encoding, e.g. DELIVER's event images", choices=("cloud", "image")),
+    Setting("lidar_input", "cloud", "~/input/lidar type: PointCloud2, or a ready LiDAR Image (rgb8/bgr8/mono8, "
+            "camera-aligned) in the model's LiDAR encoding, e.g. DELIVER's LiDAR images", choices=("cloud", "image")),
     Setting("event_sensor_size", [0, 0], "event sensor [width, height]; [0, 0]: the camera resolution",
             low=0, high=16384, length=2),
     Setting("event_window_ms", 50.0, "events in this window before the camera stamp form one frame",

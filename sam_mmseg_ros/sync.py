@@ -32,7 +32,7 @@ SYNCED_MODALITIES: tuple[str, ...] = ("depth", "event", "lidar")
 NEVER_RECEIVED = "never received"
 NEVER_SINCE_RESET = "never received since the clock jumped back"
 
-_EXPECTED_TYPES = {"depth": (ImageData,), "lidar": (PointCloud,), "event": (EventArray, ImageData)}
+_EXPECTED_TYPES = {"depth": (ImageData,), "lidar": (PointCloud, ImageData), "event": (EventArray, ImageData)}
 
 
 @dataclass

@@ -195,8 +195,8 @@ def test_bad_calls_and_config():
     asm = FrameAssembler()
     with pytest.raises(ValueError, match="unknown modality"):
         asm.add("radar", at(0, image()))
-    with pytest.raises(TypeError, match="lidar expects PointCloud"):
-        asm.add("lidar", at(0, image()))
+    with pytest.raises(TypeError, match="lidar expects PointCloud or ImageData"):
+        asm.add("lidar", at(0, EventArray.empty(4, 4)))
     config = SyncConfig(tolerance_ms={"depth": 10})
     assert config.tolerance_ms == {"depth": 10, "event": 30.0, "lidar": 60.0}
     with pytest.raises(ValueError, match="unknown modalities"):

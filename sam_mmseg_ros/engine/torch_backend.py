@@ -16,6 +16,7 @@ from sam_mmseg_ros.contracts import MODALITIES
 from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, validate_inputs
 from sam_mmseg_ros.engine.engine_cache import file_sha256
 from sam_mmseg_ros.model import MoELoRASAM, build_model
+from sam_mmseg_ros.sensors.encodings import NATIVE
 
 LOG = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class TorchBackend(DummyFrameWarmup):
             "input_size": [config.img_size, config.img_size],
             "model": config.to_dict(),
             "trained": True,
+            "encodings": dict(NATIVE),  # a model built here is untrained or trained by the caller
             **(metadata or {}),
         }
         if "model_hash" not in self.metadata:
@@ -89,8 +91,10 @@ class TorchBackend(DummyFrameWarmup):
                 model = build_model(UNTRAINED_MODEL)
             return cls(model, device, precision, metadata={"trained": False, "checkpoint": None})
         model, extra = load_checkpoint(path, map_location="cpu")
+        # What each slot was trained on (none recorded: the native encoders, the only ones before
+        # the record existed); checked, and refused if unknown, where the inputs are made.
         metadata = {"trained": bool(extra.get("trained", True)), "checkpoint": str(path),
-                    "model_hash": file_sha256(path)}
+                    "model_hash": file_sha256(path), "encodings": extra.get("encodings", NATIVE)}
         return cls(model, device, precision, metadata=metadata)
 
     def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:

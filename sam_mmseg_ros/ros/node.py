@@ -125,8 +125,8 @@ class SamMmsegNode(Node):
         core = self.core
         self.create_subscription(CameraInfo, INPUT_TOPICS["camera_info"],
                                  lambda msg: core.on_message("camera_info", msg), qos)
-        types = {"depth": Image, "event": PointCloud2 if settings.event_input == "cloud" else Image,
-                 "lidar": PointCloud2}
+        types = {"depth": Image, **{m: PointCloud2 if settings.inputs[m] == "cloud" else Image
+                                    for m in ("event", "lidar")}}
         for kind, msg_type in types.items():
             if settings.enabled[kind]:
                 self.create_subscription(msg_type, INPUT_TOPICS[kind],
