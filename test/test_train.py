@@ -16,16 +16,21 @@ import pytest
 import torch
 from PIL import Image
 
-from sam_mmseg_ros.contracts import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, MODALITIES
+from sam_mmseg_ros.contracts import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, MODALITIES, InputError
 from sam_mmseg_ros.data.dataset import modality_dropout
 from sam_mmseg_ros.data.deliver import (
     DELIVER_CONDITIONS,
     DeliverDataset,
+    decode_depth_png,
+    deliver_camera,
+    encode_depth_png,
     find_deliver_frames,
     iter_deliver_frames,
     write_deliver_fixture,
 )
 from sam_mmseg_ros.model.losses import OhemCrossEntropy, SegmentationLoss
+from sam_mmseg_ros.sensors.depth import hha
+from sam_mmseg_ros.sensors.encodings import DELIVER, NATIVE, EncodingError
 from sam_mmseg_ros.train import TrainConfig, evaluate_miou, train
 
 torch.set_num_threads(1)
@@ -58,39 +63,55 @@ def deliver_root(tmp_path_factory) -> Path:
 def test_deliver_fixture_layout_and_read_back(tmp_path):
     root = write_deliver_fixture(tmp_path, frames_per_condition=1, size=(32, 48), seed=3)
     frames = find_deliver_frames(root, "val")
-    assert [f.condition for f in frames] == list(DELIVER_CONDITIONS)
+    assert [(f.condition, f.case) for f in frames] == [(c, k) for c in DELIVER_CONDITIONS
+                                                       for k in ("normal", "eventlowres")]
     first = frames[0]
-    expected = {"img": "rgb", "hha": "depth", "event": "event", "lidar": "lidar", "semantic": "semantic"}
+    expected = {"img": "rgb", "depth": "depth", "hha": "depth", "event": "event", "lidar": "lidar",
+                "semantic": "semantic"}
     for folder, tag in expected.items():
         path = root / folder / first.condition / "val" / first.sequence / f"{first.frame}_{tag}_front.png"
         assert path.is_file(), path
+    assert frames[1].sequence.endswith("_eventlowres")
 
     raw = np.asarray(Image.open(first.path("label")))[:, :, 0].astype(int)
-    assert {0, 255} <= set(np.unique(raw).tolist())
+    assert {0, 255, 27} <= set(np.unique(raw).tolist())
     frame = next(iter_deliver_frames(root, "val", ["cloud"]))
     assert frame["label"].dtype == np.uint8 and frame["rgb"].shape == (32, 48, 3)
-    assert frame["lidar"].shape == (32, 48, 3)  # stored single-channel, repeated
+    assert frame["lidar"].shape == (32, 48) and frame["unknown_labels"] == {27: 2}
+    assert frame["depth"].dtype == np.float32 and np.isnan(frame["depth"][0]).all()  # sky: no return
     expected_label = np.where((raw >= 1) & (raw <= 25), raw - 1, IGNORE_LABEL)
     np.testing.assert_array_equal(frame["label"], expected_label)
 
     sample = DeliverDataset(root, "val", ["cloud"], size=(32, 48))[0]
     assert sample["images"].shape == (len(MODALITIES), 3, 32, 48) and sample["images"].dtype == torch.float32
-    assert sample["label"].dtype == torch.int64 and sample["condition"] == "cloud"
+    assert sample["label"].dtype == torch.int64 and sample["condition"] == "cloud" and sample["case"] == "normal"
+    assert sample["unknown_labels"] == 2
     torch.testing.assert_close(sample["modality_mask"], torch.ones(4))
     rgb = torch.from_numpy(frame["rgb"]).permute(2, 0, 1).float() / 255
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     torch.testing.assert_close(sample["images"][0], (rgb - mean) / std)
-    torch.testing.assert_close(sample["images"][1] * 255, torch.from_numpy(frame["hha"]).permute(2, 0, 1).float())
+    # depth/ through the node's own HHA, with DELIVER's camera
+    expected_hha = hha(frame["depth"], deliver_camera(48, 32)).transpose(2, 0, 1)
+    np.testing.assert_allclose(sample["images"][1].numpy(), expected_hha, atol=1e-6)
     lidar = sample["images"][3]
-    assert torch.equal(lidar[0], lidar[1]) and torch.equal(lidar[0], lidar[2]) and lidar.max() <= 1
+    assert torch.equal(lidar[0], lidar[1]) and torch.equal(lidar[0], lidar[2]) and lidar.max() <= 100 / 255
+    torch.testing.assert_close(lidar[0] * 255, torch.from_numpy(frame["lidar"]).float())
     np.testing.assert_array_equal(sample["label"].numpy(), expected_label)
 
 
-def test_deliver_resize_subset_and_lowres_events(tmp_path):
-    root = write_deliver_fixture(tmp_path, frames_per_condition=1, size=(32, 32), splits=("test",))
-    frame = find_deliver_frames(root, "test", ["night"])[0]
-    Image.fromarray(np.full((16, 16), 200, np.uint8)).save(frame.path("event"))  # *eventlowres* case
-    assert next(iter_deliver_frames(root, "test", ["night"]))["event"].shape == (32, 32, 3)
+def test_deliver_cases_lowres_events_subsets_and_encodings(tmp_path):
+    root = write_deliver_fixture(tmp_path, frames_per_condition=1, size=(32, 32), splits=("test",),
+                                 cases=("eventlowres", "lidarjitter"))
+    lowres = find_deliver_frames(root, "test", ["night"], cases=["eventlowres"])
+    assert [f.case for f in lowres] == ["eventlowres"]
+    assert [f.case for f in find_deliver_frames(root, "test", cases=["normal"])] == ["normal"] * 5
+    with pytest.raises(ValueError, match="unknown DELIVER case"):
+        find_deliver_frames(root, "test", cases=["snow"])
+    frame = next(iter_deliver_frames(root, "test", ["night"], cases=["eventlowres"]))
+    assert frame["event"].shape == (16, 16, 3)  # the event sensor's own resolution
+    sample = DeliverDataset(root, "test", ["night"], size=(32, 32), cases=["eventlowres"])[0]
+    event = sample["images"][2].numpy()
+    np.testing.assert_array_equal(event[:, ::2, ::2], frame["event"].transpose(2, 0, 1) / 255)  # nearest up
 
     sample = DeliverDataset(root, "test", ["night"], size=(16, 16), modalities=("rgb", "lidar"))[0]
     torch.testing.assert_close(sample["modality_mask"], torch.tensor([1.0, 0.0, 0.0, 1.0]))
@@ -98,8 +119,22 @@ def test_deliver_resize_subset_and_lowres_events(tmp_path):
     assert sample["label"].shape == (16, 16)
     values = set(sample["label"].unique().tolist())
     assert values <= set(range(25)) | {IGNORE_LABEL}  # nearest: no blended ids
+    paper = DeliverDataset(root, "test", ["night"], size=(16, 16), encodings="deliver-hha")
+    assert paper.encodings["depth"] == "deliver-hha-v1" and paper[0]["images"][1].max() > 0
+    with pytest.raises(EncodingError, match=r"'event-count-v1'.*'carla-dvs-v1'"):
+        DeliverDataset(root, "test", encodings="native")  # native event/LiDAR encodings: not in DELIVER
     with pytest.raises(FileNotFoundError, match="no DELIVER frames"):
         DeliverDataset(root, "train")
+
+
+def test_deliver_depth_png_is_carla_24_bit_and_grey_images_are_refused():
+    metres = np.array([[0.5, 12.25], [np.nan, 999.5]], np.float32)
+    png = encode_depth_png(metres)
+    decoded = decode_depth_png(png)
+    np.testing.assert_allclose(decoded[0], metres[0], atol=1e-4)
+    assert np.isnan(decoded[1]).all()  # no measurement and the far plane: both "no return"
+    with pytest.raises(InputError, match="grey"):
+        decode_depth_png(np.full((4, 4, 3), 80, np.uint8))
 
 
 # --- modality dropout -------------------------------------------------------------------------
@@ -158,6 +193,8 @@ def test_training_learns_and_beats_untrained(deliver_root, tmp_path):
     result = train(config, train_set, val_set)
     losses = result["losses"]
     assert result["step"] == 80 and len(losses) == 80
+    with pytest.raises(ValueError, match="dataset says"):  # a config contradicting its data
+        train(replace(config, encodings=NATIVE, steps=0), train_set)
     assert np.mean(losses[-5:]) <= 0.2 * losses[0], losses[::10]
 
     from sam_mmseg_ros.model import build_model
@@ -226,6 +263,9 @@ def test_cli_trains_on_deliver_folder(deliver_root, tmp_path):
                  "--modality-dropout", "0.3", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
     model, extra = load_checkpoint(out / "model.pt", map_location="cpu")
     assert extra["step"] == 2 and extra["train_config"]["img_size"] == 32 and model.config.img_size == 32
+    assert extra["encodings"] == DELIVER  # what the node will encode its inputs as
+    assert main(["train", "--dataset", "deliver", "--data-root", str(deliver_root), "--encodings", "native",
+                 "--out", str(tmp_path / "refused"), "--no-progress"]) == 2  # DELIVER holds no native encodings
     assert main(["train", "--dataset", "deliver", "--data-root", str(deliver_root), "--conditions", "sun",
                  "--model", "tiny", "--img-size", "32", "--steps", "3", "--batch-size", "2", "--device", "cpu",
                  "--out", str(out), "--resume", "--no-progress"]) == 0
