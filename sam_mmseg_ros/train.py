@@ -74,6 +74,9 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     progress: bool = True
+    encodings: dict | None = None  # what each slot of the data holds (sensors/encodings.py); None: the
+    # dataset's `encodings`, else the native ones. Recorded in every checkpoint: the node encodes
+    # its inputs the same way.
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -256,8 +259,22 @@ def _save(path: Path, model: nn.Module, config: TrainConfig, step: int, optimize
     """save_checkpoint writes atomically: a crash mid-save leaves the previous checkpoint intact."""
     from sam_mmseg_ros.model.checkpoint import save_checkpoint
 
-    save_checkpoint(path, model, train_config=config.to_dict(), step=step, optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng)
+    save_checkpoint(path, model, train_config=config.to_dict(), encodings=config.encodings, step=step,
+                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                    rng=rng)
+
+
+def data_encodings(config: TrainConfig, dataset: Dataset) -> dict:
+    """The encodings the checkpoint records: the dataset's own (a DeliverDataset, a
+    SyntheticDataset, under any Subset), which a config may repeat but not contradict."""
+    from sam_mmseg_ros.sensors.encodings import resolve
+
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    declared = getattr(dataset, "encodings", None)
+    if config.encodings is not None and declared is not None and resolve(config.encodings) != resolve(declared):
+        raise ValueError(f"the config says the data is encoded {config.encodings}, the dataset says {declared}")
+    return resolve(config.encodings if config.encodings is not None else declared)
 
 
 @torch.no_grad()
@@ -307,6 +324,7 @@ def train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None = N
     """Train per `config` and return {"step", "losses" (this process's, one per step run),
     "model" (trained, unwrapped), "checkpoint" (final, rank 0), "val_miou" (rank 0, when
     val_dataset is given)}."""
+    config = replace(config, encodings=data_encodings(config, dataset))
     runtime = _start_runtime(config.device)
     try:
         return _train(config, dataset, val_dataset, runtime)
@@ -494,6 +512,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=("deliver", "synthetic"), help="default: the preset's, else deliver")
     parser.add_argument("--data-root", help="DELIVER folder (with img/, hha/, event/, lidar/, semantic/)")
     parser.add_argument("--conditions", nargs="+", help="DELIVER conditions (default: all five)")
+    parser.add_argument("--cases", nargs="+", help="DELIVER cases: normal, motionblur, overexposure, underexposure, "
+                        "lidarjitter, eventlowres (default: all)")
+    parser.add_argument("--encodings", choices=("native", "deliver", "deliver-hha"),
+                        help="how the slots are encoded (recorded in the checkpoint; the node encodes its inputs "
+                             "the same way): synthetic data native (default) or deliver; DELIVER data deliver "
+                             "(default: depth/ through the package's HHA, deployable) or deliver-hha (DELIVER's hha/ "
+                             "images, as in papers; a node can then only take ready HHA images)")
     parser.add_argument("--train-frames", type=int, help="synthetic: number of training frames")
     parser.add_argument("--val-frames", type=int, help="synthetic: number of validation frames (0: none)")
     parser.add_argument("--model", help="model config name: tiny, vit_b, vit_l, vit_h")
@@ -525,22 +550,29 @@ _CONFIG_ARGS = ("model", "img_size", "sam_checkpoint", "init_checkpoint", "steps
 
 
 def _datasets(kind: str, args: argparse.Namespace, img_size: int, data: dict) -> tuple[Dataset, Dataset | None]:
+    from sam_mmseg_ros.sensors.encodings import PRESETS, live_encodings
+
     size = (img_size, img_size)
     if kind == "synthetic":
         from sam_mmseg_ros.data.synthetic import SyntheticDataset
 
         train_frames = args.train_frames or data.get("train_frames", 512)
         val_frames = args.val_frames if args.val_frames is not None else data.get("val_frames", 64)
-        train_set = SyntheticDataset(seed=args.seed or 0, num_frames=train_frames, size=size)
-        val_set = SyntheticDataset(seed=(args.seed or 0) + 1_000_000, num_frames=val_frames, size=size) \
-            if val_frames else None
+        encodings = PRESETS[args.encodings or "native"]
+        if not all(name in live_encodings(m) for m, name in encodings.items()):
+            raise SystemExit(f"--encodings {args.encodings}: synthetic data is encoded from raw sensor data "
+                             "(native or deliver)")
+        train_set = SyntheticDataset(seed=args.seed or 0, num_frames=train_frames, size=size, encodings=encodings)
+        val_set = SyntheticDataset(seed=(args.seed or 0) + 1_000_000, num_frames=val_frames, size=size,
+                                   encodings=encodings) if val_frames else None
         return train_set, val_set
     from sam_mmseg_ros.data.deliver import DeliverDataset
 
     if not args.data_root:
         raise SystemExit("--dataset deliver needs --data-root")
-    return (DeliverDataset(args.data_root, "train", args.conditions, size),
-            DeliverDataset(args.data_root, "val", args.conditions, size))
+    encodings = args.encodings or "deliver"
+    return (DeliverDataset(args.data_root, "train", args.conditions, size, cases=args.cases, encodings=encodings),
+            DeliverDataset(args.data_root, "val", args.conditions, size, cases=args.cases, encodings=encodings))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -548,7 +580,13 @@ def run(args: argparse.Namespace) -> int:
     preset = PRESETS[args.preset] if args.preset else None
     kind = args.dataset or (preset.dataset["dataset"] if preset else "deliver")
     img_size = overrides.get("img_size") or (preset.base.get("img_size") if preset else TrainConfig.img_size)
-    train_set, val_set = _datasets(kind, args, img_size, preset.dataset if preset else {})
+    from sam_mmseg_ros.sensors.encodings import EncodingError
+
+    try:
+        train_set, val_set = _datasets(kind, args, img_size, preset.dataset if preset else {})
+    except EncodingError as exc:
+        log.error("%s", exc)
+        return 2
     if preset is not None:
         result = run_preset(args.preset, overrides, train_set, val_set, resume=args.resume is not None)
     else:

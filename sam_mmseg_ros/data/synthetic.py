@@ -24,6 +24,7 @@ from sam_mmseg_ros.contracts import EventArray, FrameBundle, ImageData, PointClo
 from sam_mmseg_ros.labels import CLASSES, class_id
 from sam_mmseg_ros.pipeline import resize_nearest
 from sam_mmseg_ros.sensors.camera import CameraModel
+from sam_mmseg_ros.sensors.encodings import NATIVE
 from sam_mmseg_ros.sensors.preprocess import PreprocessConfig, preprocess
 
 _ID = {name: class_id(name) for name in CLASSES}
@@ -859,7 +860,8 @@ class SyntheticDataset:
     def __init__(self, seed: int, num_frames: int, size: tuple[int, int] = (256, 256),
                  conditions: Sequence[str] = CONDITIONS, failures: Sequence[str] = (),
                  render_size: tuple[int, int] | None = None, frames_per_sequence: int = 4,
-                 cache_dir: str | Path | None = None, sequence_config: SequenceConfig | None = None):
+                 cache_dir: str | Path | None = None, sequence_config: SequenceConfig | None = None,
+                 encodings: dict[str, str] | None = None):
         self.seed = seed
         self.num_frames = num_frames
         self.size = tuple(size)
@@ -869,6 +871,7 @@ class SyntheticDataset:
         self.frames_per_sequence = frames_per_sequence
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.base = sequence_config or SequenceConfig()
+        self.encodings = dict(encodings or NATIVE)  # sensors/encodings.py; recorded by training
         self._cache: dict[int, dict] = {}
 
     def __len__(self) -> int:
@@ -877,6 +880,8 @@ class SyntheticDataset:
     def _cache_file(self, index: int) -> Path:
         key = f"{self.seed}_{self.size[0]}x{self.size[1]}_{self.render_size[0]}x{self.render_size[1]}"
         key += f"_{'-'.join(self.conditions)}_{'-'.join(self.failures) or 'none'}_{self.frames_per_sequence}"
+        if self.encodings != NATIVE:
+            key += "_" + "-".join(self.encodings[m] for m in sorted(self.encodings))
         return self.cache_dir / key / f"{index:06d}.npz"
 
     def __getitem__(self, index: int) -> dict:
@@ -905,7 +910,8 @@ class SyntheticDataset:
         config = replace(self.base, width=w, height=h, num_frames=count, condition=condition,
                          failures=self.failures, seed=self.seed * 100_003 + sequence)
         for offset, frame in enumerate(generate_sequence(config)):
-            encoded = preprocess(frame.to_bundle(), PreprocessConfig(input_size=self.size), frame.T_camera_lidar)
+            encoded = preprocess(frame.to_bundle(), PreprocessConfig(input_size=self.size, encodings=self.encodings),
+                                 frame.T_camera_lidar)
             sample = {"images": np.asarray(encoded.model_input.images[0], np.float32),
                       "modality_mask": np.asarray(encoded.model_input.modality_mask[0], np.float32),
                       "label": resize_nearest(frame.labels, *self.size),
