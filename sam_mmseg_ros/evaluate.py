@@ -20,6 +20,8 @@ def configure_parser(parser) -> None:
                         help="torch is the deterministic reference; auto picks as the node does")
     parser.add_argument("--device", default="cpu", help="torch device for the torch backend")
     parser.add_argument("--split", default="test", help="DELIVER split")
+    parser.add_argument("--cases", default=None, help="DELIVER: comma list of cases (normal, motionblur, "
+                        "overexposure, underexposure, lidarjitter, eventlowres), default all")
     parser.add_argument("--subsets", default="all",
                         help="comma list of modality subsets (" + ", ".join(SUBSETS) + ") or 'all'")
     parser.add_argument("--max-frames", type=int, default=None)
@@ -57,16 +59,22 @@ def run(args) -> int:
         from sam_mmseg_ros.engine import create_backend
         from sam_mmseg_ros.eval.offline import evaluate_bag, evaluate_deliver
         from sam_mmseg_ros.node_settings import NodeSettings
+        from sam_mmseg_ros.sensors.encodings import EncodingError
 
         input_size = NodeSettings.from_file(args.params_file).model.input_size
         backend = create_backend(args.backend, checkpoint=args.checkpoint, precision="fp32",
                                  device=args.device if args.backend == "torch" else None, input_size=input_size)
-        if (source / "img").is_dir():
-            result = evaluate_deliver(source, backend, split=args.split, subsets=subsets,
-                                      progress=progress, max_frames=args.max_frames)
-        else:
-            result = evaluate_bag(source, backend, args.params_file, subsets=subsets, progress=progress,
-                                  max_frames=args.max_frames)
+        try:
+            if (source / "img").is_dir():
+                cases = tuple(c.strip() for c in args.cases.split(",")) if args.cases else None
+                result = evaluate_deliver(source, backend, split=args.split, subsets=subsets,
+                                          progress=progress, max_frames=args.max_frames, cases=cases)
+            else:
+                result = evaluate_bag(source, backend, args.params_file, subsets=subsets, progress=progress,
+                                      max_frames=args.max_frames)
+        except EncodingError as exc:  # the model cannot run on this source's inputs: say why, no traceback
+            log.error("%s", exc)
+            return 2
     from sam_mmseg_ros.eval.report import write_report
 
     summary = write_report(result, args.out, title=f"Evaluation of {source.name}")

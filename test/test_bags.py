@@ -9,7 +9,14 @@ import pytest
 
 from sam_mmseg_ros.cli import main as cli_main
 from sam_mmseg_ros.contracts import BAG_TOPICS, CAMERA_RECORD_DELAY_NS, CONDITION_TOPIC, GROUND_TRUTH_TOPIC
-from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, bag_topics, read_bag, read_raw, write_bag
+from sam_mmseg_ros.data.bags import (
+    TF_STATIC_TOPIC,
+    bag_image_encodings,
+    bag_topics,
+    read_bag,
+    read_raw,
+    write_bag,
+)
 from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
 from sam_mmseg_ros.decoders.camera_info import camera_info_to_model
 from sam_mmseg_ros.decoders.common import stamp_to_ns
@@ -98,11 +105,22 @@ def test_make_bag_from_deliver(tmp_path):
     assert cli_main(["make-bag", str(out), "--deliver", str(root), "--split", "val",
                      "--conditions", "fog,night"]) == 0
     messages = list(read_bag(out))
-    assert len(messages) == 2 * 7
+    assert len(messages) == 2 * 2 * 7  # per condition a normal and an eventlowres frame
     topics = {topic: msgtype for topic, _, msgtype, _ in messages}
     assert topics[BAG_TOPICS["lidar"]] == "sensor_msgs/msg/Image"  # DELIVER has only renderings
+    first = {topic: msg for topic, _, _, msg in reversed(messages)}
+    assert first[BAG_TOPICS["depth"]].encoding == "32FC1" and first[BAG_TOPICS["lidar"]].encoding == "mono8"
+    assert bag_image_encodings(out) == {"event": "carla-dvs-v1", "lidar": "deliver-lidar-v1"}
     label = next(image_to_numpy(m).array for t, _, _, m in messages if t == GROUND_TRUTH_TOPIC)
     assert label.shape == (32, 48) and label.dtype == np.uint8
+    conditions = [m.data for t, _, _, m in messages if t == CONDITION_TOPIC]
+    assert conditions == ["fog", "fog/eventlowres", "night", "night/eventlowres"]
+
+    hha_bag = tmp_path / "hha_bag"
+    assert cli_main(["make-bag", str(hha_bag), "--deliver", str(root), "--conditions", "sun", "--cases", "normal",
+                     "--deliver-hha"]) == 0
+    depth = next(m for t, _, _, m in read_bag(hha_bag) if t == BAG_TOPICS["depth"])
+    assert depth.encoding == "rgb8" and bag_image_encodings(hha_bag)["depth"] == "deliver-hha-v1"
 
 
 SUBSCRIBER = textwrap.dedent("""

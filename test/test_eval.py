@@ -16,6 +16,7 @@ from sam_mmseg_ros.eval.results import FULL, SUBSETS, label_agreement
 from sam_mmseg_ros.ingest import OfflineNode, topic_kinds
 from sam_mmseg_ros.labels import NUM_CLASSES
 from sam_mmseg_ros.node_settings import NodeSettings
+from sam_mmseg_ros.sensors.encodings import DELIVER, EncodingError
 
 CONDITIONS = ("sun", "night")
 FRAMES_PER_CONDITION = 2
@@ -108,16 +109,24 @@ def test_offline_eval_writes_reports_and_is_deterministic(bag, backend, tmp_path
 
 def test_deliver_eval(tmp_path, backend):
     from sam_mmseg_ros.data.deliver import write_deliver_fixture
+    from sam_mmseg_ros.engine.torch_backend import TorchBackend
 
     root = write_deliver_fixture(tmp_path / "DELIVER", frames_per_condition=1, size=(64, 64), splits=("test",),
                                  conditions=CONDITIONS)
-    result = evaluate_deliver(root, backend, split="test", subsets={"RGB": SUBSETS["RGB"]}, progress=False)
-    assert result.frames == len(CONDITIONS)
+    with pytest.raises(EncodingError, match=r"'event-count-v1'.*'carla-dvs-v1'"):
+        evaluate_deliver(root, backend, split="test")  # the shipped model is not a DELIVER model
+    deliver = TorchBackend(backend.model, "cpu", metadata={"encodings": DELIVER, "checkpoint": "deliver.pt"})
+    result = evaluate_deliver(root, deliver, split="test", subsets={"RGB": SUBSETS["RGB"]}, progress=False)
+    assert result.frames == 2 * len(CONDITIONS)  # a normal and an eventlowres frame per condition
     assert set(result.per_condition[FULL]) == set(CONDITIONS)
+    assert set(result.per_case[FULL]) == {"normal", "eventlowres"}
     assert set(result.confusion) == {FULL, "RGB"}
     assert result.confusion[FULL].total > 0
+    assert any("raw label ids above 25" in n and "27: 8" in n for n in result.notes)
     summary = write_report(result, tmp_path / "report")
     assert summary["mode"] == "DELIVER" and (tmp_path / "report" / "overlay_mosaic.png").is_file()
+    assert set(summary["miou_per_case"][FULL]) == {"normal", "eventlowres"}
+    assert "per sensor-failure case" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_feeder_marks_an_undecodable_message_invalid_and_keeps_going(bag, backend):

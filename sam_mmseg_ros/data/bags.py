@@ -13,6 +13,7 @@ it for late subscribers.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from sam_mmseg_ros.sensors.camera import CameraModel
 log = logging.getLogger(__name__)
 
 TF_STATIC_TOPIC = "/tf_static"
+IMAGE_ENCODINGS_KEY = "sam_mmseg.encodings"
 STORAGES = ("mcap", "sqlite3")
 _POINTFIELD = {np.dtype(np.int8): 1, np.dtype(np.uint8): 2, np.dtype(np.int16): 3, np.dtype(np.uint16): 4,
                np.dtype(np.int32): 5, np.dtype(np.uint32): 6, np.dtype(np.float32): 7, np.dtype(np.float64): 8}
@@ -160,24 +162,33 @@ def frame_messages(frame, builder: _Messages, topics: dict[str, str], previous_s
 
 
 def _deliver_messages(frame: dict, builder: _Messages, topics: dict[str, str]):
-    """DELIVER stores every modality as an image aligned with the RGB camera (HHA depth, event
-    and LiDAR renderings), so they are published as rgb8 Images; there are no raw clouds."""
+    """DELIVER stores every modality as an image aligned with the RGB camera, so each topic carries
+    the image a DELIVER frame gives its slot (`data.deliver.deliver_images`, the images training
+    reads): metric depth as 32FC1 (or the hha/ images as rgb8), the event and LiDAR renderings as
+    Images; there are no raw clouds. A node replaying it needs event_input and lidar_input 'image'
+    (and depth_input 'image' for hha/); `sam-mmseg eval` sets them from the bag."""
+    from sam_mmseg_ros.data.deliver import deliver_images
+
     stamp = frame["stamp_ns"]
     camera: CameraModel = frame["camera"]
     fid = camera.frame_id
-    return [
-        (topics["camera_info"], "sensor_msgs/msg/CameraInfo", builder.camera_info(camera, stamp)),
-        (topics["rgb"], "sensor_msgs/msg/Image", builder.image(frame["rgb"], "rgb8", stamp, fid)),
-        (topics["depth"], "sensor_msgs/msg/Image", builder.image(frame["hha"], "rgb8", stamp, fid)),
-        (topics["event"], "sensor_msgs/msg/Image", builder.image(frame["event"], "rgb8", stamp, fid)),
-        (topics["lidar"], "sensor_msgs/msg/Image", builder.image(frame["lidar"], "rgb8", stamp, fid)),
-        (GROUND_TRUTH_TOPIC, "sensor_msgs/msg/Image", builder.image(frame["label"], "mono8", stamp, fid)),
-    ]
+    messages = [(topics["camera_info"], "sensor_msgs/msg/CameraInfo", builder.camera_info(camera, stamp))]
+    for modality, image in deliver_images(frame).items():
+        messages.append((topics[modality], "sensor_msgs/msg/Image", builder.image(image.array, image.encoding, stamp,
+                                                                                  fid)))
+    messages.append((GROUND_TRUTH_TOPIC, "sensor_msgs/msg/Image", builder.image(frame["label"], "mono8", stamp, fid)))
+    return messages
+
+
+def condition_label(condition: str, case: str) -> str:
+    """What CONDITION_TOPIC carries: the condition, then '/' and the sensor-failure case if any."""
+    return condition if case == "normal" else f"{condition}/{case}"
 
 
 def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
               topics: dict[str, str] = BAG_TOPICS,
-              leave_out: Mapping[int, Collection[str]] | None = None) -> int:
+              leave_out: Mapping[int, Collection[str]] | None = None,
+              image_encodings: Mapping[str, str] | None = None) -> int:
     """Write frames (SyntheticFrame, or DELIVER dicts with stamp_ns, camera and condition) to a new
     rosbag2 directory; returns the number of messages.
 
@@ -185,6 +196,8 @@ def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
     CAMERA_RECORD_DELAY_NS after the other sensors (see contracts). A SyntheticFrame also puts its
     LiDAR extrinsic on /tf_static once (camera_optical_frame -> lidar). `leave_out` maps a frame
     index to the sensors ("depth", "event", "lidar") that send nothing for it: a staged outage.
+    `image_encodings` declares, in the bag's metadata (custom_data `sam_mmseg.encodings`), the
+    encoding of each modality it carries as ready images (`bag_image_encodings` reads it back).
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -197,6 +210,8 @@ def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
     previous: int | None = None
     delayed = {topics["rgb"], GROUND_TRUTH_TOPIC}
     with Writer(Path(path), version=9, storage_plugin=plugin) as writer:
+        if image_encodings:
+            writer.set_custom_data(IMAGE_ENCODINGS_KEY, json.dumps(dict(image_encodings), sort_keys=True))
 
         def write(topic: str, msgtype: str, msg, stamp: int, qos=()):
             if topic not in connections:
@@ -207,7 +222,7 @@ def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
         for index, frame in enumerate(frames):
             is_synthetic = not isinstance(frame, dict)
             stamp = frame.stamp_ns if is_synthetic else frame["stamp_ns"]
-            condition = frame.condition if is_synthetic else frame["condition"]
+            condition = frame.condition if is_synthetic else condition_label(frame["condition"], frame["case"])
             if is_synthetic and TF_STATIC_TOPIC not in connections:
                 tf = builder.tf_static(frame.T_camera_lidar, frame.camera.frame_id, frame.lidar.frame_id, stamp)
                 write(TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", tf, stamp, [_latched_qos()])
@@ -222,6 +237,23 @@ def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
                 count += 1
             previous = stamp
     return count
+
+
+def bag_image_encodings(path: str | Path) -> dict[str, str]:
+    """What `write_bag(image_encodings=...)` declared: modality -> encoding of its ready images
+    (empty when the bag declares nothing, e.g. one recorded on a car)."""
+    import yaml
+
+    metadata = Path(path) / "metadata.yaml"  # rosbag2's own file; a bare .mcap declares nothing
+    info = yaml.safe_load(metadata.read_text()) if metadata.is_file() else {}
+    custom = (info or {}).get("rosbag2_bagfile_information", {}).get("custom_data") or {}
+    try:
+        declared = json.loads(custom.get(IMAGE_ENCODINGS_KEY, "{}"))
+    except json.JSONDecodeError:
+        declared = None
+    if not isinstance(declared, dict):
+        raise ValueError(f"{path}: unreadable {IMAGE_ENCODINGS_KEY} in the bag's metadata")
+    return {str(k): str(v) for k, v in declared.items()}
 
 
 def read_raw(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, int, str, bytes]]:
@@ -272,8 +304,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Write a rosbag2 of synthetic driving scenes (RGB, camera info, 32FC1 depth, events as "
         "PointCloud2, LiDAR PointCloud2, ground-truth labels, LiDAR extrinsic on /tf_static), or "
-        "convert a DELIVER folder (--deliver). DELIVER holds only images, so its depth (HHA), event and "
-        "LiDAR renderings are published as rgb8 Images on those topics, with no raw clouds or /tf_static.")
+        "convert a DELIVER folder (--deliver). DELIVER holds only images: its metric depth is published as "
+        "32FC1, its event and LiDAR renderings as Images on those topics (no raw clouds or /tf_static); "
+        "`sam-mmseg eval` recognises them, a live node needs event_input:=image lidar_input:=image.")
     parser.add_argument("out", help="output bag directory (must not exist)")
     parser.add_argument("--frames", type=int, default=20, help="frames per condition (synthetic), or at most "
                         "this many frames in total (DELIVER; 0 = all)")
@@ -289,6 +322,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", choices=STORAGES, default="mcap")
     parser.add_argument("--deliver", metavar="DIR", help="convert this DELIVER folder instead of generating")
     parser.add_argument("--split", default="val", help="DELIVER split")
+    parser.add_argument("--cases", type=_names, default=None,
+                        help="DELIVER cases to take (normal, motionblur, overexposure, underexposure, lidarjitter, "
+                             "eventlowres), default all")
+    parser.add_argument("--deliver-hha", action="store_true",
+                        help="publish DELIVER's hha/ images (rgb8, ready HHA: a node needs depth_input: image) "
+                             "instead of metric depth from depth/ (32FC1)")
 
 
 def _synthetic_frames(args) -> tuple[Iterator, int]:
@@ -310,24 +349,27 @@ def _synthetic_frames(args) -> tuple[Iterator, int]:
 
 
 def _deliver_frames(args) -> tuple[Iterator, int]:
-    from sam_mmseg_ros.data.deliver import find_deliver_frames, iter_deliver_frames
-    from sam_mmseg_ros.data.synthetic import CAMERA_FRAME, SequenceConfig
+    from sam_mmseg_ros.data.deliver import deliver_camera, find_deliver_frames, read_deliver_frame
+    from sam_mmseg_ros.data.synthetic import SequenceConfig
 
-    conditions = args.conditions
-    total = len(find_deliver_frames(args.deliver, args.split, conditions))
-    if args.frames:
-        total = min(total, args.frames)
+    found = find_deliver_frames(args.deliver, args.split, args.conditions, args.cases)
+    total = min(len(found), args.frames) if args.frames else len(found)
+    keys = ("rgb", "hha" if args.deliver_hha else "depth", "event", "lidar", "label")
     period_ns = int(round(1e9 / args.fps))
 
     def frames():
-        for k, frame in enumerate(iter_deliver_frames(args.deliver, args.split, conditions)):
-            if k >= total:
-                return
+        unknown: dict[int, int] = {}
+        for k, where in enumerate(found[:total]):
+            frame = read_deliver_frame(where, keys)
+            for raw_id, pixels in frame["unknown_labels"].items():
+                unknown[raw_id] = unknown.get(raw_id, 0) + pixels
             h, w = frame["rgb"].shape[:2]
-            # DELIVER's CARLA cameras have a 90 degree horizontal field of view.
-            frame["camera"] = CameraModel.from_fov(w, h, 90.0, CAMERA_FRAME)
+            frame["camera"] = deliver_camera(w, h)
             frame["stamp_ns"] = SequenceConfig.start_ns + k * period_ns
             yield frame
+        if unknown:
+            log.warning("raw label ids above 25 (pixels per id) %s are not DELIVER classes: written as ignore (255)",
+                        dict(sorted(unknown.items())))
 
     return frames(), total
 
@@ -340,7 +382,11 @@ def run(args) -> int:
         return 1
     try:
         frames, total = _deliver_frames(args) if args.deliver else _synthetic_frames(args)
-        count = write_bag(tqdm(frames, total=total, unit="frame", desc="make-bag"), args.out, args.storage)
+        # DELIVER's event and LiDAR renderings (and hha/) are ready images: the bag says which encoding.
+        declared = ({"event": "carla-dvs-v1", "lidar": "deliver-lidar-v1",
+                     **({"depth": "deliver-hha-v1"} if args.deliver_hha else {})} if args.deliver else None)
+        count = write_bag(tqdm(frames, total=total, unit="frame", desc="make-bag"), args.out, args.storage,
+                          image_encodings=declared)
     except (ValueError, FileNotFoundError) as exc:  # bad condition/failure names, not a DELIVER folder
         log.error("make-bag: %s", exc)
         return 2

@@ -36,6 +36,7 @@ of view (`deliver_camera`). The far plane is "no return", as the sky is for a re
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +253,8 @@ class DeliverDataset(Dataset):
     """DELIVER as model samples (see data/dataset.py), encoded by the node's `sensors.preprocess`
     in `encodings` (a PRESETS name or mapping: 'deliver' reads depth/, 'deliver-hha' reads hha/);
     modalities not listed in `modalities` are absent slots and their files are not read. Samples
-    also carry `case` and `unknown_labels` (pixels with raw ids above 25)."""
+    also carry `case` and `unknown_labels` (its pixels with raw ids above 25); the dataset counts
+    them per id in `unknown_labels`."""
 
     def __init__(self, root: str | Path, split: str = "train", conditions: Sequence[str] | None = None,
                  size: tuple[int, int] = (1024, 1024), modalities: Sequence[str] = MODALITIES,
@@ -269,7 +271,7 @@ class DeliverDataset(Dataset):
         self.size = (int(size[0]), int(size[1]))
         self.modalities = tuple(modalities)
         self._keys = files_for(self.encodings, self.modalities)
-        self._unknown_reported = False
+        self.unknown_labels: Counter = Counter()  # pixels per raw id above 25 in the samples read so far
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -287,10 +289,10 @@ class DeliverDataset(Dataset):
             raise InputError(f"{self.frames[index].path('rgb')}: " + "; ".join(f"{m}: {e}" for m, e in
                                                                                 encoded.errors.items()))
         unknown = frame["unknown_labels"]
-        if unknown and not self._unknown_reported:
-            self._unknown_reported = True
+        if unknown and not self.unknown_labels:
             log.warning("%s has raw label ids above 25 %s (pixels per id), scored as ignore; DELIVER has 25 classes "
                         "(further frames are counted, not logged)", self.frames[index].path("label"), unknown)
+        self.unknown_labels.update(unknown)
         return {"images": torch.from_numpy(encoded.model_input.images[0].copy()),
                 "modality_mask": torch.from_numpy(encoded.model_input.modality_mask[0].copy()),
                 "label": resize_label(frame["label"], self.size), "condition": frame["condition"],

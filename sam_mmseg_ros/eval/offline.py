@@ -26,6 +26,8 @@ from sam_mmseg_ros.contracts import (
 from sam_mmseg_ros.decoders.common import stamp_to_ns
 from sam_mmseg_ros.decoders.image import image_to_numpy
 from sam_mmseg_ros.eval.results import FULL, MOSAIC_FRAMES, SUBSETS, EvalResult, backend_info, mosaic_tile
+from sam_mmseg_ros.ingest import model_source
+from sam_mmseg_ros.sensors.encodings import DELIVER_FILES_PROVIDE, check_encodings, resolve
 
 
 def count_messages(path: str | Path, topic: str) -> int:
@@ -56,18 +58,28 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
     latency and the timeline come from the full set."""
     from tqdm import tqdm
 
-    from sam_mmseg_ros.data.bags import read_bag
+    from sam_mmseg_ros.data.bags import bag_image_encodings, read_bag
     from sam_mmseg_ros.ingest import OfflineNode, topic_kinds
     from sam_mmseg_ros.node_settings import NodeSettings
 
     subsets = {FULL: MODALITIES, **subsets}  # health and latency come from the full set
-    node = OfflineNode(backend, NodeSettings.from_file(params_file, overrides))
+    # Ready images the bag declares (make-bag --deliver) must be in the model's encodings; raw
+    # inputs are checked against what the node computes when OfflineNode is built.
+    check_encodings(resolve(backend.metadata.get("encodings"), model_source(backend)),
+                    {m: (name,) for m, name in bag_image_encodings(path).items()}, model_source(backend),
+                    f"bag {path}")
+    inputs = bag_inputs(path)
+    node = OfflineNode(backend, NodeSettings.from_file(params_file, {**inputs, **(overrides or {})}))
     kinds = topic_kinds(BAG_TOPICS)
     result = EvalResult(source=str(path), mode="offline", model=backend_info(backend),
                         labels={} if keep_labels else None)
     result.camera_frames = count_messages(path, BAG_TOPICS["rgb"])
     result.latency_note = ("offline, per stage, measured in this process (no DDS); "
                            "'assemble' = decode the camera image + assemble the frame")
+    ready = [f"{name} {value}" for name, value in inputs.items() if value == "image"]
+    if ready:
+        result.notes.append("the bag carries ready images (" + ", ".join(ready) + "): run as a node with "
+                            + " ".join(f"-p {name}:=image" for name, value in inputs.items() if value == "image"))
     total = result.camera_frames if max_frames is None else min(max_frames, result.camera_frames)
     mosaic_every = max(1, total // MOSAIC_FRAMES)
     truth: dict[int, np.ndarray] = {}
@@ -116,21 +128,44 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
     return result
 
 
+def bag_inputs(path: str | Path) -> dict[str, str]:
+    """The node's depth_input, event_input and lidar_input for a bag, from what it records: a
+    PointCloud2 or an Image on the event and LiDAR topics, metric depth (32FC1/16UC1) or a ready
+    image on the depth topic (its first message). Topics the bag lacks keep the defaults."""
+    from sam_mmseg_ros.data.bags import bag_topics, read_bag
+    from sam_mmseg_ros.sensors.image_input import IMAGE_INPUT_ENCODINGS
+
+    topics = bag_topics(path)
+    inputs = {}
+    for kind in ("event", "lidar"):
+        if BAG_TOPICS[kind] in topics:
+            inputs[f"{kind}_input"] = "image" if topics[BAG_TOPICS[kind]][0] == "sensor_msgs/msg/Image" else "cloud"
+    for _topic, _t, _type, msg in read_bag(path, [BAG_TOPICS["depth"]]):
+        inputs["depth_input"] = "image" if str(msg.encoding) in IMAGE_INPUT_ENCODINGS else "depth"
+        break
+    return inputs
+
+
 def evaluate_deliver(root: str | Path, backend, split: str = "test", subsets: dict[str, tuple[str, ...]] = SUBSETS,
-                     progress: bool = True, max_frames: int | None = None) -> EvalResult:
-    """DELIVER frames are already encoded images (HHA, event and LiDAR renderings): only the model
-    stage of the node applies, on the DELIVER encoding the model was trained on."""
+                     progress: bool = True, max_frames: int | None = None,
+                     cases: tuple[str, ...] | None = None) -> EvalResult:
+    """A DELIVER folder, encoded by the node's own `sensors.preprocess` in the model's encodings
+    (DeliverDataset; a model whose encodings DELIVER's files cannot give is refused), then the
+    node's model stage; scored per condition and per sensor-failure case."""
     from tqdm import tqdm
 
     from sam_mmseg_ros.data.deliver import DeliverDataset
 
     size = tuple(int(v) for v in backend.input_shape[-2:])
-    dataset = DeliverDataset(root, split=split, size=size)
+    encodings = resolve(backend.metadata.get("encodings"), model_source(backend))
+    check_encodings(encodings, DELIVER_FILES_PROVIDE, model_source(backend), "a DELIVER folder")
+    dataset = DeliverDataset(root, split=split, size=size, cases=cases, encodings=encodings)
     result = EvalResult(source=str(root), mode="DELIVER", model=backend_info(backend))
-    result.latency_note = "model only (DELIVER frames are pre-encoded images)"
+    result.latency_note = "model only (DELIVER frames are read from files)"
     count = len(dataset) if max_frames is None else min(max_frames, len(dataset))
     mosaic_every = max(1, count // MOSAIC_FRAMES)
     subsets = {FULL: MODALITIES, **subsets}
+    unknown_frames = 0
     for i in tqdm(range(count), desc=f"eval DELIVER {split}", unit="frame", disable=not progress):
         sample = dataset[i]
         images = np.asarray(sample["images"], np.float32)[None]
@@ -146,8 +181,13 @@ def evaluate_deliver(root: str | Path, backend, split: str = "test", subsets: di
                 if i % mosaic_every == 0 and len(result.mosaic) < MOSAIC_FRAMES:
                     result.mosaic.append(mosaic_tile(_denormalize(images[0, 0]), pred, gt))
                     result.mosaic_titles.append(f"{sample['condition']}, frame {i}")
-            result.add(name, sample["condition"], pred, gt)
+            result.add(name, sample["condition"], pred, gt, sample["case"])
+        unknown_frames += bool(sample["unknown_labels"])
     result.frames = result.camera_frames = count
+    if unknown_frames:
+        per_id = ", ".join(f"{i}: {n}" for i, n in sorted(dataset.unknown_labels.items()))
+        result.notes.append(f"{unknown_frames} frames have raw label ids above 25, which are not DELIVER classes, "
+                            f"scored as ignore (pixels per id: {per_id})")
     return result
 
 

@@ -75,12 +75,9 @@ def render_markdown(summary: dict, title: str, figures: list[str] | None = None,
             lines.append(f"| {subset} | {_fmt(miou)} | {_fmt(summary['pixel_accuracy'][subset])} |")
     elif full is not None:
         lines.append(f"Pixel accuracy ({FULL}): {_fmt(summary['pixel_accuracy'][FULL])} %")
-    conditions = sorted({c for d in summary["miou_per_condition"].values() for c in d})
-    if conditions:
-        lines += ["", "## mIoU per condition (%)", "", "| subset | " + " | ".join(conditions) + " |",
-                  "|---|" + "---|" * len(conditions)]
-        for subset, per in summary["miou_per_condition"].items():
-            lines.append(f"| {subset} | " + " | ".join(_fmt(per.get(c)) for c in conditions) + " |")
+    lines += _breakdown("mIoU per condition (%)", summary["miou_per_condition"])
+    if any(c != "normal" for d in summary.get("miou_per_case", {}).values() for c in d):
+        lines += _breakdown("mIoU per sensor-failure case (%)", summary["miou_per_case"])
     present = {c: v for c, v in summary["class_iou"].items() if v is not None}
     if present:
         lines += ["", f"## Per-class IoU ({FULL}, classes that occur)", "", "| class | IoU (%) |", "|---|---|"]
@@ -102,6 +99,16 @@ def render_markdown(summary: dict, title: str, figures: list[str] | None = None,
     if figures:
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def _breakdown(title: str, per_subset: dict[str, dict[str, float | None]]) -> list[str]:
+    """A table of mIoU per subset (rows) and condition or case (columns)."""
+    columns = sorted({c for d in per_subset.values() for c in d})
+    if not columns:
+        return []
+    lines = ["", f"## {title}", "", "| subset | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    return lines + [f"| {subset} | " + " | ".join(_fmt(per.get(c)) for c in columns) + " |"
+                    for subset, per in per_subset.items()]
 
 
 def _fmt(value) -> str:

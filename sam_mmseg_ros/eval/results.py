@@ -13,6 +13,8 @@ from sam_mmseg_ros.eval.metrics import ConfusionMatrix
 from sam_mmseg_ros.labels import CLASSES, NUM_CLASSES, overlay
 
 FULL = "RGB-D-E-L"
+NORMAL = "normal"
+"""The case of a frame without a sensor failure (DELIVER's failure cases: data/deliver.py)."""
 SUBSETS: dict[str, tuple[str, ...]] = {
     FULL: MODALITIES,
     "RGB": ("rgb",),
@@ -52,6 +54,7 @@ class EvalResult:
     model: dict = field(default_factory=dict)  # backend, precision, trained, checkpoint
     confusion: dict[str, ConfusionMatrix] = field(default_factory=dict)  # per subset
     per_condition: dict[str, dict[str, ConfusionMatrix]] = field(default_factory=dict)  # subset → cond
+    per_case: dict[str, dict[str, ConfusionMatrix]] = field(default_factory=dict)  # subset → failure case
     timings_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     latency_note: str = ""
     health_counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
@@ -64,10 +67,14 @@ class EvalResult:
     dropped_frames: int | None = None  # camera frames that got no output (live)
     notes: list[str] = field(default_factory=list)
 
-    def add(self, subset: str, condition: str, pred: np.ndarray, gt: np.ndarray) -> None:
+    def add(self, subset: str, condition: str, pred: np.ndarray, gt: np.ndarray, case: str = NORMAL) -> None:
+        """Score one frame. `condition` may carry its sensor-failure case after a '/' (as bags'
+        condition topic does); `case` is then taken from it."""
+        condition, _, suffix = condition.partition("/")
+        case = suffix or case
         self.confusion.setdefault(subset, ConfusionMatrix(NUM_CLASSES)).update(pred, gt)
-        per = self.per_condition.setdefault(subset, {})
-        per.setdefault(condition, ConfusionMatrix(NUM_CLASSES)).update(pred, gt)
+        for breakdown, key in ((self.per_condition, condition), (self.per_case, case)):
+            breakdown.setdefault(subset, {}).setdefault(key, ConfusionMatrix(NUM_CLASSES)).update(pred, gt)
 
     def record_health(self, stamp_ns: int, health: dict) -> None:
         """`health`: modality -> (state, router weight)."""
@@ -90,6 +97,8 @@ class EvalResult:
             "miou": {s: _pct(cm.miou()) for s, cm in self.confusion.items()},
             "miou_per_condition": {s: {c: _pct(cm.miou()) for c, cm in sorted(d.items())}
                                    for s, d in self.per_condition.items()},
+            "miou_per_case": {s: {c: _pct(cm.miou()) for c, cm in sorted(d.items())}
+                              for s, d in self.per_case.items()},
             "pixel_accuracy": {s: _pct(cm.pixel_accuracy()) for s, cm in self.confusion.items()},
             "class_iou": ({c: _pct(v) for c, v in zip(CLASSES, full.iou(), strict=True)} if full else {}),
             "confusion_matrix": full.matrix.tolist() if full else [],
