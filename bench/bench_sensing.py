@@ -23,6 +23,7 @@ import numpy as np
 from sam_mmseg_ros.contracts import EventArray, ImageData, PointCloud, Stamped
 from sam_mmseg_ros.sensors.camera import CameraModel
 from sam_mmseg_ros.sensors.depth import encode_depth
+from sam_mmseg_ros.sensors.encodings import DELIVER
 from sam_mmseg_ros.sensors.events import encode_events
 from sam_mmseg_ros.sensors.lidar import encode_lidar, project_points, rasterize
 from sam_mmseg_ros.sensors.preprocess import PreprocessConfig, allocate_images, preprocess
@@ -151,6 +152,7 @@ def assembly_stage(camera, rgb, depth, cloud, events, repeats):
 
 def encoder_stages(size, camera, rgb, depth, events, projected, bundle):
     config = PreprocessConfig(input_size=size)
+    deliver = PreprocessConfig(input_size=size, encodings=DELIVER)
     buffer = allocate_images(size)
     slot = np.empty((3, *size), np.float32)
     return {
@@ -158,7 +160,10 @@ def encoder_stages(size, camera, rgb, depth, events, projected, bundle):
         "depth encode (HHA)": lambda: encode_depth(depth, camera, size, out=slot),
         "LiDAR rasterize + encode": lambda: encode_lidar(rasterize(projected, camera, size), out=slot),
         "event frame (polarity)": lambda: encode_events(events, size, 0.05, out=slot),
+        "event frame, DELIVER style (carla-dvs-v1)": lambda: encode_events(events, size, 0.05, "carla-dvs-v1",
+                                                                           out=slot),
         "full preprocess (4 modalities)": lambda: preprocess(bundle, config, T_CAMERA_LIDAR, out=buffer),
+        "full preprocess, DELIVER encodings": lambda: preprocess(bundle, deliver, T_CAMERA_LIDAR, out=buffer),
     }
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sam_mmseg_ros.contracts import EventArray, ImageData, InputError
-from sam_mmseg_ros.sensors.events import dvs_image, encode_events, event_frame, voxel_grid
+from sam_mmseg_ros.sensors.events import encode_events, event_frame, voxel_grid
 from sam_mmseg_ros.sensors.image_input import resize_sparse
 
 
@@ -93,21 +93,23 @@ def test_accumulated_event_images():
         encode_events(ImageData(np.zeros((4, 4, 3), np.uint16), "rgb16"), (4, 4))
 
 
-def test_carla_dvs_image_full_intensity_per_polarity_at_sensor_resolution():
+def test_carla_dvs_encoding_full_intensity_per_polarity_at_sensor_resolution():
     # Five events on one pixel and one on another: DVS images hold "any event", not counts.
     events = _events([(1, 2, 1)] * 5 + [(3, 0, -1), (1, 2, -1)], width=6, height=4)
-    image = dvs_image(events)
-    assert image.shape == (4, 6, 3) and image.dtype == np.uint8
-    np.testing.assert_array_equal(image[2, 1], [255, 0, 255])  # both polarities: red and blue
-    np.testing.assert_array_equal(image[0, 3], [255, 0, 0])  # darker: red, as CARLA draws it
-    assert np.count_nonzero(image) == 3
-    # Into the model input through the same code as a DELIVER event file: a 2x upscaled sensor
+    image = np.zeros((4, 6, 3), np.uint8)  # as CARLA draws it: img[y, x, pol * 2] = 255
+    image[2, 1] = (255, 0, 255)  # both polarities: red and blue
+    image[0, 3, 0] = 255  # darker: red
+    # Into the model input as a DELIVER event file of the same window: a 2x upscaled sensor
     # repeats pixels, and a single event survives a non-integer downscale.
     frame, stats = encode_events(events, (8, 12), window_s=0.1, encoding="carla-dvs-v1")
     np.testing.assert_array_equal(frame[:, 4:6, 2:4], np.broadcast_to([[[1.0]], [[0.0]], [[1.0]]], (3, 2, 2)))
+    assert np.count_nonzero(frame) == 3 * 4 and set(np.unique(frame)) == {0.0, 1.0}
     assert stats == {"event_count": 7.0, "event_rate_hz": pytest.approx(70.0)}
-    from_file, _ = encode_events(ImageData(image, "rgb8"), (8, 12), encoding="carla-dvs-v1")
-    np.testing.assert_array_equal(frame, from_file)
+    for size in ((8, 12), (3, 5), (4, 6)):
+        from_events, _ = encode_events(events, size, encoding="carla-dvs-v1")
+        from_file, file_stats = encode_events(ImageData(image, "rgb8"), size, encoding="carla-dvs-v1")
+        np.testing.assert_array_equal(from_events, from_file)
+    assert file_stats["event_count"] == 2  # pixels with any event
     small, _ = encode_events(events, (3, 5), encoding="carla-dvs-v1")
     assert small[0].sum() == 2 and small[2].sum() == 1
 

@@ -17,12 +17,12 @@ pixels) do not push every other event towards zero, as a per-frame maximum would
 `event-voxel-v1`: 3 time bins, events spread bilinearly in time and weighted by polarity, mapped
 to 0.5 + 0.5 * clip(sum / 4, -1, 1) (0.5 = no event).
 
-`carla-dvs-v1` (what DELIVER's event images hold, `dvs_image`): CARLA's DVS sensor output drawn as
+`carla-dvs-v1` (what DELIVER's event images hold, `dvs_pixels`): CARLA's DVS sensor output drawn as
 CARLA's own examples draw it, `image[y, x, polarity * 2] = 255`: any event, however many, sets
 its polarity's channel to full intensity, red (ch0) darker, blue (ch2) brighter, green unused,
 at the event sensor's own resolution; DELIVER's `eventlowres` case is a lower sensor resolution.
-That image then goes through `image_input.encode_image_input` ("max": an event pixel survives
-any downscale), exactly as a DELIVER event file or a ready event image does. Known: the loader
+That image is pooled to the model input by `image_input.pool_sparse` ("max": an event pixel
+survives any downscale), exactly as a DELIVER event file or a ready event image is. Known: the loader
 reads these files as 3-channel images and resizes low-resolution ones nearest-neighbour to the
 RGB size; CARLA's DVS draws red/blue at 255 on black; DELIVER's figures show such red/blue
 images. Assumed: the files keep CARLA's RGB channel order (red darker), and one image holds the
@@ -39,7 +39,7 @@ import numpy as np
 
 from sam_mmseg_ros.contracts import EventArray, ImageData, InputError
 from sam_mmseg_ros.sensors.encodings import ENCODINGS, live_encodings
-from sam_mmseg_ros.sensors.image_input import encode_image_input
+from sam_mmseg_ros.sensors.image_input import encode_image_input, pool_sparse, sparse_to_unit
 
 EVENT_COUNT_SATURATION = 4.0
 VOXEL_BINS = 3
@@ -102,15 +102,16 @@ def voxel_grid(events: EventArray, bins: int = VOXEL_BINS,
     return grid.astype(np.float32).reshape(bins, h, w)
 
 
-def dvs_image(events: EventArray) -> np.ndarray:
-    """The `carla-dvs-v1` image of an event window at the event sensor's resolution: uint8
-    [height, width, 3], 255 in channel 0 where any darker event fell, in channel 2 where any
-    brighter one, 0 elsewhere (see the module docstring)."""
-    flat, inside = event_pixels(events, (events.height, events.width))
-    image = np.zeros((events.height, events.width, 3), np.uint8)
-    channel = np.where(np.asarray(events.polarity)[inside] > 0, 2, 0)
-    image.reshape(-1)[flat * 3 + channel] = 255  # duplicates all write 255: order does not matter
-    return image
+def dvs_pixels(events: EventArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `carla-dvs-v1` image of an event window as its lit entries: (row, column at the
+    sensor's resolution, channel 0 for darker or 2 for brighter); each is 255 in the image."""
+    _check_events(events)
+    x, y = np.asarray(events.x), np.asarray(events.y)
+    inside = (x >= 0) & (x < events.width) & (y >= 0) & (y < events.height)
+    if not inside.all():
+        x, y = x[inside], y[inside]
+    brighter = np.asarray(events.polarity) > 0
+    return y, x, np.multiply(brighter if inside.all() else brighter[inside], 2, dtype=np.int32)
 
 
 def encode_events(data: EventArray | ImageData, size: tuple[int, int] = (512, 512),
@@ -131,7 +132,10 @@ def encode_events(data: EventArray | ImageData, size: tuple[int, int] = (512, 51
     if encoding == "event-count-v1":
         frame = event_frame(data, size, out=out)
     elif encoding == "carla-dvs-v1":
-        frame, _ = encode_image_input(ImageData(dvs_image(data), "rgb8"), size, "max", out)
+        # Pooled from the lit pixels as an image of them would be (sensors/image_input.py).
+        rows, cols, channels = dvs_pixels(data)
+        lit = pool_sparse(rows, cols, channels, 255, (data.height, data.width), size, "max", 3)
+        frame = sparse_to_unit(lit, out if out is not None else np.empty((3, *size), np.float32))
     else:
         grid = voxel_grid(data, VOXEL_BINS, size)
         frame = out if out is not None else np.empty((VOXEL_BINS, *size), np.float32)

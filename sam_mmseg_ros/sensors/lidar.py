@@ -11,7 +11,7 @@ Encoding (`encode_lidar`), per pixel of the model input, 0 where no point lands:
 
 Validity has its own channel so that a far point (ch0 near 0) is not mistaken for "no point".
 
-This is the `lidar-projection-v1` encoding (sensors/encodings.py). `deliver_lidar_image` is the
+This is the `lidar-projection-v1` encoding (sensors/encodings.py). `deliver_lidar_ranges` gives the
 `deliver-lidar-v1` one, what DELIVER's LiDAR images hold, reproduced from a point cloud so a model
 trained on DELIVER gets the same kind of input on the car. Known (DELIVER's loader, paper figures,
 repository issues): one uint8 image per frame, a front-view projection of the LiDAR aligned with
@@ -20,9 +20,8 @@ on black, values reported within [0, 100]. Assumed, since DELIVER does not docum
 pixel holds the range from the LiDAR of the nearest point landing on it in whole metres,
 clipped to [1, 100] (CARLA's LiDAR range; farther points are not measured), 0 where no point
 lands, the same value in every channel; points are single pixels. The image is made at the
-camera resolution, as DELIVER's are, and brought to the model input by
-`image_input.encode_image_input` ("nearest_point": the nearest point per input pixel) exactly as
-a DELIVER LiDAR file is.
+camera resolution, as DELIVER's are, and pooled to the model input by `image_input.pool_sparse`
+("nearest_point": the nearest point per input pixel) exactly as a DELIVER LiDAR file is.
 
 Projection goes through `CameraModel.project`, so the lens distortion is applied and points
 land on the raw image the camera publishes. Before it, a cheap cut keeps only points whose
@@ -246,19 +245,16 @@ def projection_stats(points_total: int, points_in_image: int, nonfinite_count: i
             "nonfinite_count": float(nonfinite_count)}
 
 
-def deliver_lidar_image(cloud: PointCloud, projected: ProjectedPoints) -> np.ndarray:
-    """The `deliver-lidar-v1` image of a projected cloud at the camera resolution: uint8 [H, W],
-    the range from the LiDAR (metres, rounded, 1..100) of the nearest point on each pixel, 0 where
-    none; points beyond 100 m are left out, as DELIVER's LiDAR would not have measured them."""
+def deliver_lidar_ranges(cloud: PointCloud, projected: ProjectedPoints) -> tuple[np.ndarray, ...]:
+    """The `deliver-lidar-v1` image of a projected cloud as its points: (row, column at the camera
+    resolution, uint8 range from the LiDAR in whole metres, 1..100). Points beyond 100 m
+    are left out, as DELIVER's LiDAR would not have measured them; where several points share a
+    pixel, pooling keeps the nearest (image_input.pool_sparse, "nearest_point")."""
     lo, hi = DELIVER_LIDAR_RANGE_M
     xyz = np.asarray(cloud.xyz)[projected.index].astype(np.float32, copy=False)
     ranges = np.sqrt(np.einsum("ij,ij->i", xyz, xyz))
     near = ranges < hi + 0.5
-    value = np.clip(np.rint(ranges[near]), lo, hi).astype(np.uint8)
-    image = np.full(projected.height * projected.width, 255, np.uint8)
-    np.minimum.at(image, projected.row[near] * projected.width + projected.col[near], value)
-    image[image == 255] = 0
-    return image.reshape(projected.height, projected.width)
+    return projected.row[near], projected.col[near], np.clip(np.rint(ranges[near]), lo, hi).astype(np.uint8)
 
 
 def _row_dot(columns: np.ndarray, row: np.ndarray, offset: np.float32) -> np.ndarray:

@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sam_mmseg_ros.contracts import MODALITIES, MODALITY_INDEX, FrameBundle, ImageData, InputError, ModelInput
+from sam_mmseg_ros.contracts import MODALITIES, MODALITY_INDEX, FrameBundle, InputError, ModelInput
 from sam_mmseg_ros.sensors.depth import encode_depth
 from sam_mmseg_ros.sensors.encodings import ENCODINGS, NATIVE, known
 from sam_mmseg_ros.sensors.events import encode_events
-from sam_mmseg_ros.sensors.image_input import encode_image_input, is_image_input
+from sam_mmseg_ros.sensors.image_input import encode_image_input, is_image_input, pool_sparse, sparse_to_unit
 from sam_mmseg_ros.sensors.lidar import (
     ProjectedPoints,
-    deliver_lidar_image,
+    deliver_lidar_ranges,
     encode_lidar,
     project_points,
     projection_stats,
@@ -149,8 +149,10 @@ def _encode_cloud(cloud, projected: ProjectedPoints, camera, size: tuple[int, in
                   config: PreprocessConfig, slot: np.ndarray) -> dict[str, float]:
     """A projected LiDAR cloud in `encoding`, into `slot`; the stats health needs."""
     if encoding == "deliver-lidar-v1":
-        image = ImageData(deliver_lidar_image(cloud, projected), "mono8")
-        encode_image_input(image, size, ENCODINGS[encoding].image_resample, slot)
+        rows, cols, ranges = deliver_lidar_ranges(cloud, projected)
+        pooled = pool_sparse(rows, cols, 0, ranges, (camera.height, camera.width), size,
+                             ENCODINGS[encoding].image_resample, 1)
+        sparse_to_unit(pooled, slot)
         return projection_stats(projected.points_total, len(projected), projected.nonfinite_count)
     raster = rasterize(projected, camera, size)
     _, stats = encode_lidar(raster, config.lidar_max_range_m, config.lidar_intensity_scale, out=slot)
