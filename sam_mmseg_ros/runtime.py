@@ -156,7 +156,8 @@ class SegmentationCore:
         self.pipeline = SegmentationPipeline(backend, config, self.feeder.health)
         self.model.ready(backend)
         self.log.info(f"{MODEL_READY}: backend={backend.name} precision={backend.precision} "
-                      f"input={tuple(backend.input_shape)} trained={self.model.trained}")
+                      f"input={tuple(backend.input_shape)} trained={self.model.trained} "
+                      f"encodings={','.join(config.encodings.values())}")
         if (problem := self.model.problem()) is not None:
             self.log.error(problem[1])
         return True
