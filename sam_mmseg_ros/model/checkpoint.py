@@ -40,7 +40,9 @@ def default_checkpoint_path() -> Path | None:
 
 
 def save_checkpoint(path: str | os.PathLike, model: MoELoRASAM, **extra) -> Path:
-    """Write config, weights and `extra` (plain types: trained, step, metrics, ...) to `path`."""
+    """Write config, weights and `extra` (plain types: trained, step, metrics, ...) to `path`.
+    Training adds `encodings` (modality -> encoding name, sensors/encodings.py): what each input
+    slot was trained on, which the node reproduces and checks before running the model."""
     reserved = {"config", "state_dict", "format_version"} & set(extra)
     if reserved:
         raise ValueError(f"extra keys {sorted(reserved)} are reserved")
