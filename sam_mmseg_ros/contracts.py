@@ -46,6 +46,12 @@ camera frame its partners have arrived at any replay speed, so a replay gives th
 bundles that offline evaluation assembles."""
 
 
+class BadFileError(ValueError):
+    """A file from outside (checkpoint, ONNX model, bag) that cannot be used as it is: damaged,
+    foreign, absurd or hostile. The message names the file and what is wrong with it, and never
+    suggests loading it in a less safe way."""
+
+
 class InputError(ValueError):
     """Sensor data that cannot be used (bad encoding, truncated buffer, size mismatch...).
 

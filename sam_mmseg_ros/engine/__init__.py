@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sam_mmseg_ros.contracts import BadFileError
 from sam_mmseg_ros.engine.base import Backend
 
 LOG = logging.getLogger(__name__)
@@ -150,6 +151,8 @@ def create_backend(kind: str = "auto", *, checkpoint: str | os.PathLike | None =
             backend = _CREATORS[candidate](req)
             if req.input_size and tuple(backend.input_shape[-2:]) != req.input_size:
                 raise ValueError(f"model input is {tuple(backend.input_shape[-2:])}, {req.input_size} was requested")
+        except BadFileError:
+            raise  # a damaged or hostile file is bad for every backend: no fallback hides it
         except _FALLBACK_ERRORS as exc:
             if len(candidates) == 1:
                 raise

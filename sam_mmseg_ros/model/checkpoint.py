@@ -1,10 +1,18 @@
 """Checkpoints: ours (config + weights + plain extras) and official SAM `.pth` files.
 
-Everything is read with `torch.load(weights_only=True)`: a checkpoint is data from outside, and
-the full unpickler would run whatever code the file names. Our files therefore hold only plain
-types (the config as a dict, tensors, numbers, strings). A file that is truncated, foreign or
-made for another architecture raises `CheckpointError` naming the keys that are wrong, instead
-of a shape error deep inside `load_state_dict` or, worse, a model silently half-loaded.
+A checkpoint is data from outside, so nothing in it is trusted:
+- it is read with `torch.load(weights_only=True)`, since the full unpickler would run whatever
+  code the file names; our files therefore hold only plain types (the config as a dict,
+  tensors, numbers, strings). A refusal says what the file tried to load and never suggests
+  the unsafe way;
+- the archive's declared sizes are bounded before torch reads it (MAX_CHECKPOINT_BYTES);
+- the stored config is checked against the registry's limits before anything is built
+  (`config_from_untrusted`), so an absurd config (embed_dim 8192, depth 64: ~200 GB) is refused
+  at once instead of swapping the machine to death; the tensors are then checked against the
+  shapes of the model built from it;
+- every failure is a `CheckpointError` naming the file and the keys or fields that are wrong,
+  instead of a shape error deep inside `load_state_dict` or, worse, a model silently
+  half-loaded.
 """
 
 from __future__ import annotations
@@ -13,13 +21,14 @@ import logging
 import os
 import pickle
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from sam_mmseg_ros.model.config import ModelConfig
+from sam_mmseg_ros.contracts import BadFileError
+from sam_mmseg_ros.model.config import config_from_untrusted
 from sam_mmseg_ros.model.image_encoder import adapt_encoder_state_dict
 from sam_mmseg_ros.model.sam_moe import MoELoRASAM
 
@@ -28,10 +37,13 @@ LOG = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "synthetic_tiny.pt"
 _LISTED = 5  # keys named per category in an error message
+MAX_CHECKPOINT_BYTES = 4 << 30
+"""Largest archive content read: official ViT-H SAM is 2.56 GB, ours with it adds experts, heads
+and optimizer state for them. Bigger declared sizes are refused before torch allocates them."""
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names what is wrong."""
+class CheckpointError(BadFileError):
+    """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 
 def default_checkpoint_path() -> Path | None:
@@ -63,14 +75,49 @@ def _read(path_or_state, map_location) -> dict:
     path = Path(path_or_state)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    _check_archive(path)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or not a "
-                              f"checkpoint): {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        # `from None`: torch's own message advises re-running with weights_only=False.
+        raise CheckpointError(
+            f"{path} was refused: it holds pickled code or objects, not only tensors and plain data "
+            f"({_refusal_detail(exc)}). Nothing in it was run. sam_mmseg_ros checkpoints and official SAM "
+            "files hold only tensors and plain data, so this file is neither or was altered: do not load it "
+            "any other way.") from None
+    except Exception as exc:  # noqa: BLE001 - torch's parser of hostile bytes raises anything
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or damaged): "
+                              f"{type(exc).__name__}: {_safe_text(exc)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, expected a dict of weights")
     return data
+
+
+def _check_archive(path: Path) -> None:
+    """torch.save writes a zip archive: its declared sizes bound what loading allocates, so they
+    are checked before torch reads a byte of it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"{path} is not a torch checkpoint archive (truncated, damaged, or written by "
+                              f"torch older than 1.6): {exc}") from None
+    if declared > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path} declares {declared / 2**30:.1f} GiB of content, more than the "
+                              f"{MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB any supported model needs")
+
+
+def _refusal_detail(exc: Exception) -> str:
+    """What torch's weights-only unpickler refused (e.g. 'unsupported GLOBAL posix.system'),
+    without its advice to load the file unsafely."""
+    kept = [p.strip() for p in str(exc).split("\n\n") if p.strip() and "weights_only" not in p
+            and not p.strip().startswith(("Weights only load failed", "Check the documentation"))]
+    return "; ".join(kept)[:300] or "unsupported pickle content"
+
+
+def _safe_text(exc: Exception) -> str:
+    text = str(exc)
+    return _refusal_detail(exc) if "weights_only" in text else text[:300]
 
 
 def _describe(what: str, keys: list[str]) -> str:
@@ -78,37 +125,57 @@ def _describe(what: str, keys: list[str]) -> str:
     return f"{len(keys)} {what} ({shown})"
 
 
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
+def _require_tensors(state: Mapping, source: str) -> None:
+    not_tensors = sorted(str(k)[:80] for k, v in state.items() if not isinstance(v, torch.Tensor)
+                         or v.layout != torch.strided or v.is_quantized)
+    if not_tensors:
+        raise CheckpointError(f"{source}: {_describe('entries that are not dense tensors', not_tensors)}")
+
+
+def _load_strict(module: nn.Module, state: Mapping, source: str,
                  may_be_missing: Callable[[str], bool] = lambda key: False) -> None:
     """Load `state` into `module`: every key of the module (but those `may_be_missing`) must be
-    present with the right shape, and no unknown key may appear."""
+    present as a dense tensor of the same shape and kind (float or not), and no unknown key may
+    appear."""
+    _require_tensors(state, source)
     own = module.state_dict()
     missing = sorted(k for k in own if k not in state and not may_be_missing(k))
-    unexpected = sorted(k for k in state if k not in own)
+    unexpected = sorted(str(k)[:80] for k in state if k not in own)
     mismatched = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                         for k in state if k in own and state[k].shape != own[k].shape)
+    retyped = sorted(f"{k} {state[k].dtype} vs {own[k].dtype}" for k in state if k in own
+                     and state[k].dtype != own[k].dtype
+                     and not (state[k].is_floating_point() and own[k].is_floating_point()))
     problems = [_describe(what, keys) for what, keys in
-                (("missing", missing), ("unexpected", unexpected), ("with another shape", mismatched)) if keys]
+                (("missing", missing), ("unexpected", unexpected), ("with another shape", mismatched),
+                 ("with another type", retyped)) if keys]
     if problems:
         raise CheckpointError(f"{source} does not fit {type(module).__name__}: " + "; ".join(problems))
     module.load_state_dict(state, strict=False)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[MoELoRASAM, dict]:
-    """Rebuild the model a checkpoint describes and load its weights; returns (model, extras)."""
+    """Rebuild the model a checkpoint describes and load its weights; returns (model, extras).
+
+    The config is checked before the model is built, every tensor before it is loaded."""
     data = _read(path, map_location)
     if "config" not in data or "state_dict" not in data:
-        raise CheckpointError(f"{path} is not a sam_mmseg_ros checkpoint (keys: {sorted(data)[:8]}); "
+        keys = ", ".join(sorted(map(str, data))[:8])
+        raise CheckpointError(f"{path} is not a sam_mmseg_ros checkpoint (keys: {keys}); "
                               "official SAM weights are loaded with load_sam_weights()")
     version = data.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {version}, this version reads {FORMAT_VERSION}")
+        raise CheckpointError(f"{path} has format_version {version!r:.40}, this version reads {FORMAT_VERSION}")
     try:
-        config = ModelConfig.from_dict(data["config"])
+        config = config_from_untrusted(data["config"])
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path} has an invalid model config: {exc}") from exc
+        raise CheckpointError(f"{path} has an invalid model config: {exc}") from None
+    state = data["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: state_dict is a {type(state).__name__}, not a dict of tensors")
+    _require_tensors(state, str(path))  # before building: a model of up to ViT-H size takes a while
     model = MoELoRASAM(config)
-    _load_strict(model, data["state_dict"], str(path))
+    _load_strict(model, state, str(path))
     extra = {k: v for k, v in data.items() if k not in ("config", "state_dict", "format_version")}
     return model.eval(), extra
 
@@ -124,12 +191,18 @@ def load_sam_weights(model: MoELoRASAM, path_or_state_dict: str | os.PathLike | 
     source = "SAM weights" if isinstance(path_or_state_dict, dict) else str(path_or_state_dict)
     state = _read(path_or_state_dict, "cpu")
     state = state.get("model", state)  # some re-distributions wrap the weights
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise CheckpointError(f"{source} is not a state dict (tensors by name)")
     encoder_state = {k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")}
     if not encoder_state:
         raise CheckpointError(f"{source} has no image_encoder.* weights; it is not a SAM checkpoint "
                               f"(first keys: {sorted(state)[:5]})")
     encoder = model.image_encoder
-    encoder_state = adapt_encoder_state_dict(encoder_state, encoder)
+    _require_tensors(state, source)
+    try:
+        encoder_state = adapt_encoder_state_dict(encoder_state, encoder)
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: position embeddings cannot be resized to this model: {exc}") from None
     _load_strict(encoder, encoder_state, source, may_be_missing=lambda key: ".lora_" in key)
     loaded = [f"image_encoder.{k}" for k in encoder_state]
 

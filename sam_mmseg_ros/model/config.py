@@ -3,7 +3,9 @@ checkpoint stores it as a dict and rebuilds the exact model without pickled clas
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
+
+from sam_mmseg_ros.contracts import IGNORE_LABEL, MODALITIES
 
 
 @dataclass(frozen=True)
@@ -98,3 +100,83 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
     ),
 }
 """Official SAM encoder shapes; names match `segment_anything.sam_model_registry`."""
+
+
+OFFICIAL_MODELS = ("vit_b", "vit_l", "vit_h")
+"""Registry entries with official SAM checkpoints: the largest of them bounds what a stored
+config may ask for."""
+
+_LIMITED_FIELDS = ("img_size", "embed_dim", "depth", "num_heads", "window_size", "patch_size", "mlp_ratio",
+                   "out_chans", "lora_rank", "decoder_depth", "decoder_heads", "decoder_mlp_dim")
+
+CONFIG_LIMITS: dict[str, float] = {
+    **{name: max(getattr(MODEL_CONFIGS[m], name) for m in OFFICIAL_MODELS) for name in _LIMITED_FIELDS},
+    "num_classes": IGNORE_LABEL,  # labels travel as mono8 and 255 means "ignore"
+    "num_modalities": len(MODALITIES),
+}
+"""Upper bound of every size a config from a file may declare: ViT-H's encoder, SAM's decoder,
+the paper's LoRA rank. A checkpoint asking for more (embed_dim 8192, depth 64: about 200 GB) is
+refused before anything is allocated."""
+MAX_TOKENS_PER_SIDE = max(MODEL_CONFIGS[m].img_size // MODEL_CONFIGS[m].patch_size for m in OFFICIAL_MODELS)
+"""Patch grid side of the official models (64): attention cost grows with its fourth power."""
+MAX_LORA_ALPHA = 1e6
+"""LoRA scale numerator: any real value is far below; larger ones only overflow fp16."""
+
+_FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "tuple[int, ...]": (list, tuple),
+                "int | None": (int, type(None))}
+
+
+def config_from_untrusted(data: object) -> ModelConfig:
+    """The ModelConfig a file declares, checked before anything is built: plain types, every
+    field known, consistent shapes, a registry name, and sizes within CONFIG_LIMITS. Raises
+    ValueError listing every problem."""
+    if not isinstance(data, dict):
+        raise ValueError(f"the model config is a {type(data).__name__}, not a dict")
+    declared = {f.name: f.type for f in fields(ModelConfig)}
+    unknown = [key for key in data if key not in declared]
+    problems = [f"{len(unknown)} unknown fields ({', '.join(map(_show, unknown[:5]))})"] if unknown else []
+    problems += [f"field {f.name!r} is missing" for f in fields(ModelConfig)
+                 if f.default is MISSING and f.name not in data]
+    for name, kind in declared.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if isinstance(value, bool) or not isinstance(value, _FIELD_TYPES[kind]):
+            problems.append(f"{name} is a {type(value).__name__}, expected {kind}")
+        elif kind == "tuple[int, ...]" and not all(type(i) is int for i in value):
+            problems.append(f"{name} must hold integers only")
+    if problems:
+        raise ValueError("; ".join(problems))
+    if data.get("name") not in MODEL_CONFIGS:
+        raise ValueError(f"name {_show(data.get('name'))} is not a model of this version ({sorted(MODEL_CONFIGS)})")
+    problems += _limit_problems(data)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return ModelConfig.from_dict(data)
+
+
+def _limit_problems(data: dict) -> list[str]:
+    """Sizes outside (0, CONFIG_LIMITS] (checked on the raw dict: nothing is derived from an
+    absurd value first)."""
+    values = {**{f.name: f.default for f in fields(ModelConfig) if f.default is not MISSING}, **data}
+    problems = []
+    for name, limit in CONFIG_LIMITS.items():
+        if not 0 < values[name] <= limit:  # False for NaN and inf too
+            problems.append(f"{name} {_show(values[name])} is outside (0, {limit}]")
+    if not 0 < values["lora_alpha"] < MAX_LORA_ALPHA:
+        problems.append(f"lora_alpha {_show(values['lora_alpha'])} is outside (0, {MAX_LORA_ALPHA:g})")
+    if not problems and values["img_size"] // values["patch_size"] > MAX_TOKENS_PER_SIDE:
+        problems.append(f"img_size {values['img_size']} / patch_size {values['patch_size']} gives more than "
+                        f"{MAX_TOKENS_PER_SIDE} tokens per side")
+    for name in ("global_attn_indexes", "aux_block_indexes"):
+        if len(values[name]) > values["depth"]:
+            problems.append(f"{name} lists {len(values[name])} blocks, the model has {values['depth']}")
+    return problems
+
+
+def _show(value) -> str:
+    """A value from a file, short enough for a message (an int of 10^5000 has no str())."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"(a {value.bit_length()}-bit integer)"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
