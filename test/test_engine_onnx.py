@@ -18,10 +18,10 @@ from sam_mmseg_ros.engine import BackendUnavailable, create_backend
 from sam_mmseg_ros.engine import export as export_module
 from sam_mmseg_ros.engine.engine_cache import file_sha256
 from sam_mmseg_ros.engine.export import FP32_OPS, cached_export, convert_to_fp16, read_metadata
+from sam_mmseg_ros.engine.onnx_check import OnnxFileError
 from sam_mmseg_ros.engine.onnxruntime_backend import (
     OnnxRuntimeBackend,
     ProviderUnavailable,
-    SessionError,
     available_devices,
 )
 from sam_mmseg_ros.engine.torch_backend import TorchBackend
@@ -208,7 +208,7 @@ def test_gpu_provider_request_fails_clearly_without_one(exported):
 def test_broken_onnx_file_gives_a_clear_error(tmp_path):
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"\x08\x07 this is not a protobuf")
-    with pytest.raises(SessionError, match="could not load"):
+    with pytest.raises(OnnxFileError, match="not a readable ONNX model"):
         OnnxRuntimeBackend(path, "cpu")
 
 

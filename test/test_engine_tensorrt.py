@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx_fixtures import contract_model
 
 import sam_mmseg_ros.engine.tensorrt_backend as trt_backend
 from sam_mmseg_ros import cli
@@ -392,10 +392,8 @@ def test_fake_matches_the_api():
 
 @pytest.fixture
 def onnx_file(tmp_path):
-    """A valid ONNX file with our metadata; the fake parser only needs its bytes."""
-    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 4, 3, 8, 8])
-    y = helper.make_tensor_value_info("labels", TensorProto.FLOAT, [1, 4, 3, 8, 8])
-    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["images"], ["labels"])], "g", [x], [y]))
+    """A valid contract ONNX file with our metadata; the fake parser only needs its bytes."""
+    model = contract_model()
     write_metadata(model, {"precision": "fp16", "classes": ["road"], "model_hash": "f" * 64})
     path = tmp_path / "model.onnx"
     onnx.save(model, str(path))

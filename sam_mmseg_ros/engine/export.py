@@ -263,20 +263,13 @@ def save_onnx(proto: onnx.ModelProto, output: str | os.PathLike, *, metadata: di
 
 def _check_io(proto: onnx.ModelProto, num_modalities: int, height: int, width: int) -> None:
     """The exported graph must match the engine contract exactly (names, dtypes, static shapes)."""
-    expected = {
-        "images": (TensorProto.FLOAT, [1, num_modalities, 3, height, width]),
-        "modality_mask": (TensorProto.FLOAT, [1, num_modalities]),
-        "labels": (TensorProto.INT32, [1, height, width]),
-        "confidence": (TensorProto.FLOAT, [1, height, width]),
-        "router_weights": (TensorProto.FLOAT, [1, num_modalities]),
-    }
-    got = {}
-    for vi in list(proto.graph.input) + list(proto.graph.output):
-        t = vi.type.tensor_type
-        got[vi.name] = (t.elem_type, [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim])
-    if [i.name for i in proto.graph.input] != list(ENGINE_INPUTS) or \
-            [o.name for o in proto.graph.output] != list(ENGINE_OUTPUTS) or got != expected:
-        raise RuntimeError(f"exported graph does not match the engine contract: got {got}, expected {expected}")
+    from sam_mmseg_ros.engine.onnx_check import contract_problems
+
+    sizes, problems = contract_problems(proto.graph)
+    if sizes != (num_modalities, height, width):
+        problems.append(f"sizes (M, H, W) are {sizes}, expected {(num_modalities, height, width)}")
+    if problems:
+        raise RuntimeError("exported graph does not match the engine contract: " + "; ".join(problems))
 
 
 def export_checkpoint(checkpoint: str | os.PathLike | None, output: str | os.PathLike, *, precision: str = "fp32",

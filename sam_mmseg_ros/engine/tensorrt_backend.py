@@ -196,6 +196,7 @@ def ensure_engine(onnx_path: str | os.PathLike, *, engine_path: str | os.PathLik
     TensorRT, GPU or precision is rebuilt, or EngineCacheError when `allow_build` is False.
     """
     from sam_mmseg_ros.engine.export import read_metadata
+    from sam_mmseg_ros.engine.onnx_check import check_onnx_file
 
     log = logger or LOG
     trt_version, gpu_name, capability = probe(device_index)
@@ -208,6 +209,7 @@ def ensure_engine(onnx_path: str | os.PathLike, *, engine_path: str | os.PathLik
         log.info("TensorRT engine cache hit: %s", plan.reason)
         return engine_path
     log.info("building TensorRT engine %s: %s", engine_path, "forced" if force and plan.action == "load" else plan.reason)
+    check_onnx_file(onnx_path)  # before TensorRT's parser opens it and its external data
     data = build_engine_bytes(onnx_path, workspace_mib=workspace_mib, optimization_level=optimization_level,
                               timing_cache=timing_cache_path(cache_dir, trt_version, gpu_name, capability),
                               show_progress=show_progress, logger=log)
