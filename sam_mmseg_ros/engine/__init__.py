@@ -42,6 +42,7 @@ class _Request:
     checkpoint: str | os.PathLike | None
     onnx_path: str | os.PathLike | None
     engine_path: str | os.PathLike | None
+    engine_trusted: bool
     precision: str
     device: str | None
     input_size: tuple[int, int] | None
@@ -72,7 +73,8 @@ def _tensorrt(req: _Request) -> Backend:
 
     probe(req.device_index)  # before any export: fail fast without TensorRT or a GPU
     if req.engine_path is not None and req.onnx_path is None and req.checkpoint is None:
-        return TensorRTBackend.from_engine(req.engine_path, device_index=req.device_index, logger=req.log)
+        return TensorRTBackend.from_engine(req.engine_path, trusted=req.engine_trusted, precision=req.precision,
+                                           device_index=req.device_index, logger=req.log)
     return TensorRTBackend.from_onnx(req.onnx(req.precision), engine_path=req.engine_path, cache_dir=req.cache_dir,
                                      allow_build=req.allow_build, device_index=req.device_index, logger=req.log)
 
@@ -122,14 +124,16 @@ _CREATORS = {
 
 def create_backend(kind: str = "auto", *, checkpoint: str | os.PathLike | None = None,
                    onnx_path: str | os.PathLike | None = None, engine_path: str | os.PathLike | None = None,
-                   precision: str = "fp16", device: str | None = None, input_size: tuple[int, int] | None = None,
+                   engine_trusted: bool = False, precision: str = "fp16", device: str | None = None, input_size: tuple[int, int] | None = None,
                    allow_build: bool = True, cache_dir: str | os.PathLike | None = None,
                    logger: logging.Logger | None = None) -> Backend:
     """The best usable backend of `kind` (see KINDS), logging the choice and, for `auto`, why
     each better candidate was unavailable.
 
     Model source, in order: `engine_path` (TensorRT), `onnx_path`, else `checkpoint` (None: the
-    shipped model, or a random untrained one), exported once into `cache_dir/onnx/`.
+    shipped model, or a random untrained one), exported once into `cache_dir/onnx/`. An engine
+    given alone loads only when its cache record matches this machine and `precision`; one
+    without a record loads only with `engine_trusted=True` (logged as unchecked).
     `precision` applies to GPU backends; CPU backends run fp32. `device`: None (best), "cpu",
     "cuda" or "cuda:N". `allow_build=False` makes a missing or stale TensorRT engine an
     error (a reason to fall back, for `auto`) instead of a build of several minutes.
@@ -141,7 +145,7 @@ def create_backend(kind: str = "auto", *, checkpoint: str | os.PathLike | None =
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
     log = logger or LOG
-    req = _Request(checkpoint, onnx_path, engine_path, precision, device,
+    req = _Request(checkpoint, onnx_path, engine_path, engine_trusted, precision, device,
                    tuple(int(v) for v in input_size) if input_size else None, allow_build,
                    Path(cache_dir) if cache_dir is not None else default_cache_dir(), log)
     candidates = KINDS[kind]

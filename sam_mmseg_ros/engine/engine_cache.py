@@ -18,6 +18,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -136,6 +137,33 @@ def check_engine(engine_path: str | os.PathLike, key: EngineKey) -> CacheCheck:
     if file_sha256(engine_path) != engine_sha:
         return CacheCheck(False, f"{engine_path} does not match its recorded sha256 (corrupted or replaced)")
     return CacheCheck(True, f"{engine_path} matches {key.digest()}")
+
+
+def check_user_engine(engine_path: str | os.PathLike, key_for: Callable[[EngineKey], EngineKey], *,
+                      trusted: bool) -> CacheCheck:
+    """May an engine a user named, with no ONNX file to rebuild it from, be loaded?
+
+    With a cache record: only when the record matches `key_for(stored key)` (the caller fills in
+    this machine's TensorRT and GPU and the wanted precision) and the file's recorded sha256.
+    Without one: only when `trusted` says the user vouches for where the file came from, since
+    TensorRT deserializes whatever it is given; the reason then says the checks were skipped.
+    """
+    engine_path = Path(engine_path)
+    if not sidecar_path(engine_path).is_file():
+        if not engine_path.is_file():
+            return CacheCheck(False, f"no engine at {engine_path}")
+        if trusted:
+            return CacheCheck(True, f"{engine_path} has no cache record; loading it because it is marked trusted "
+                                    "(engine_trusted): its hash, TensorRT version, GPU and precision are NOT checked")
+        return CacheCheck(False, f"{engine_path} has no usable cache record ({sidecar_path(engine_path).name}); "
+                                 "build it with `sam-mmseg build-engine --onnx <model.onnx>`, or, if you know where it "
+                                 "comes from, mark it trusted (engine_trusted)")
+    try:
+        stored = EngineKey.from_dict(read_record(engine_path)["key"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return CacheCheck(False, f"{engine_path} has no usable cache record ({exc}); build it with "
+                                 "`sam-mmseg build-engine --onnx <model.onnx>`")
+    return check_engine(engine_path, key_for(stored))
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -27,12 +27,13 @@ from sam_mmseg_ros.engine.engine_cache import (
     EngineCacheError,
     EngineKey,
     atomic_write,
-    check_engine,
+    check_user_engine,
     default_cache_dir,
     default_engine_path,
     file_sha256,
     plan_engine,
     read_record,
+    sidecar_path,
     store_engine,
     timing_cache_path,
 )
@@ -263,15 +264,16 @@ class TensorRTBackend(DummyFrameWarmup):
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | os.PathLike, *, use_cuda_graph: bool = False, device_index: int = 0,
-                 logger: logging.Logger | None = None) -> None:
+    def __init__(self, engine_path: str | os.PathLike, *, record: dict | None = None, use_cuda_graph: bool = False,
+                 device_index: int = 0, logger: logging.Logger | None = None) -> None:
         trt, cuda = _import()
         self._log = logger or LOG
         self._cuda = cuda
         self.engine_path = Path(engine_path)
-        record = read_record(self.engine_path)
-        self.metadata = dict(record.get("metadata", {}))
-        self.precision = str(record["key"]["precision"])
+        record = read_record(self.engine_path) if record is None else record
+        # An empty record: an engine the user marked trusted; what it was built from is unknown.
+        self.metadata = dict(record.get("metadata", {})) if record else {"trained": True, "trusted_without_record": True}
+        self.precision = str(record["key"]["precision"]) if record else "unrecorded"
         self._lock = threading.Lock()
         self._graph: _CudaGraph | None = None
 
@@ -337,20 +339,21 @@ class TensorRTBackend(DummyFrameWarmup):
             return cls(path, use_cuda_graph=use_cuda_graph, device_index=device_index, logger=logger)
 
     @classmethod
-    def from_engine(cls, engine_path: str | os.PathLike, *, use_cuda_graph: bool = False, device_index: int = 0,
+    def from_engine(cls, engine_path: str | os.PathLike, *, trusted: bool = False, precision: str | None = None,
+                    use_cuda_graph: bool = False, device_index: int = 0,
                     logger: logging.Logger | None = None) -> TensorRTBackend:
-        """Load an engine file without its ONNX: its record must match this TensorRT and GPU,
-        since without the ONNX file it cannot be rebuilt."""
+        """Load an engine file without its ONNX: its record must match this TensorRT and GPU (and
+        `precision` when given), since without the ONNX file it cannot be rebuilt. An engine
+        without a record loads only when `trusted`, with a warning that nothing was checked."""
         trt_version, gpu_name, capability = probe(device_index)
-        try:
-            stored = EngineKey.from_dict(read_record(engine_path)["key"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise EngineCacheError(f"{engine_path} has no usable cache record ({exc}); build it with "
-                                   "`sam-mmseg build-engine --onnx <model.onnx>`") from exc
-        check = check_engine(engine_path, EngineKey(stored.onnx_sha256, trt_version, gpu_name, capability,
-                                                    stored.precision))
+        check = check_user_engine(
+            engine_path, lambda stored: EngineKey(stored.onnx_sha256, trt_version, gpu_name, capability,
+                                                  precision or stored.precision), trusted=trusted)
         if not check.valid:
-            raise EngineCacheError(f"{check.reason}; pass the ONNX file to rebuild it")
+            raise EngineCacheError(f"{check.reason}; or pass the ONNX file to rebuild it")
+        if not sidecar_path(engine_path).is_file():
+            (logger or LOG).warning("TensorRT: %s", check.reason)
+            return cls(engine_path, record={}, use_cuda_graph=use_cuda_graph, device_index=device_index, logger=logger)
         return cls(engine_path, use_cuda_graph=use_cuda_graph, device_index=device_index, logger=logger)
 
     def _capture_graph(self) -> None:
