@@ -9,14 +9,8 @@ import pytest
 
 from sam_mmseg_ros.cli import main as cli_main
 from sam_mmseg_ros.contracts import BAG_TOPICS, CAMERA_RECORD_DELAY_NS, CONDITION_TOPIC, GROUND_TRUTH_TOPIC
-from sam_mmseg_ros.data.bags import (
-    TF_STATIC_TOPIC,
-    bag_image_encodings,
-    bag_topics,
-    read_bag,
-    read_raw,
-    write_bag,
-)
+from sam_mmseg_ros.data.bag_reader import bag_topics
+from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, bag_image_encodings, read_bag, read_raw, write_bag
 from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
 from sam_mmseg_ros.decoders.camera_info import camera_info_to_model
 from sam_mmseg_ros.decoders.common import stamp_to_ns

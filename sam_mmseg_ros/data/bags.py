@@ -1,4 +1,5 @@
-"""rosbag2 files of synthetic or DELIVER sequences, written and read with `rosbags` (no ROS needed).
+"""rosbag2 files of synthetic or DELIVER sequences, written with `rosbags` and read with
+`data.bag_reader`, which survives damaged bags (no ROS needed).
 
 Messages are standard types (sensor_msgs Image, CameraInfo, PointCloud2; tf2_msgs TFMessage) in
 CDR, so `ros2 bag play`, `sam-mmseg replay` and the node read them like a real recording. Numpy
@@ -28,6 +29,7 @@ from sam_mmseg_ros.contracts import (
     EventArray,
     PointCloud,
 )
+from sam_mmseg_ros.data.bag_reader import BagReport, RawMessage, iter_messages
 from sam_mmseg_ros.sensors.camera import CameraModel
 
 log = logging.getLogger(__name__)
@@ -256,30 +258,43 @@ def bag_image_encodings(path: str | Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in declared.items()}
 
 
-def read_raw(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, int, str, bytes]]:
-    """(topic, record time ns, msgtype, CDR bytes) in time order; mcap or sqlite3 alike."""
-    from rosbags.rosbag2 import Reader
+def read_raw(path: str | Path, topics: Sequence[str] | None = None, report: BagReport | None = None,
+             check_cdr: bool = False) -> Iterator[tuple[str, int, str, bytes]]:
+    """(topic, record time ns, msgtype, CDR bytes) in time order; mcap or sqlite3 alike.
 
-    with Reader(Path(path)) as reader:
-        conns = [c for c in reader.connections if topics is None or c.topic in topics]
-        for conn, stamp, raw in reader.messages(connections=conns):
-            yield conn.topic, int(stamp), conn.msgtype, bytes(raw)
+    Damaged parts are skipped and recorded in `report` (see data.bag_reader); `check_cdr` also
+    skips messages whose CDR does not deserialize, which a player must not publish."""
+    report = report if report is not None else BagReport()
+    ts = typestore() if check_cdr else None
+    for message in iter_messages(path, topics, report):
+        if ts is None or _deserialize(ts, message, report) is not None:
+            yield message.topic, message.log_time, message.msgtype, message.data
 
 
-def read_bag(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, int, str, object]]:
-    """(topic, record time ns, msgtype, deserialized rosbags message) in time order."""
+def read_bag(path: str | Path, topics: Sequence[str] | None = None,
+             report: BagReport | None = None) -> Iterator[tuple[str, int, str, object]]:
+    """(topic, record time ns, msgtype, deserialized rosbags message) in time order; damaged
+    messages are skipped and recorded in `report`."""
+    report = report if report is not None else BagReport()
     ts = typestore()
-    for topic, stamp, msgtype, raw in read_raw(path, topics):
-        yield topic, stamp, msgtype, ts.deserialize_cdr(raw, msgtype)
+    for message in iter_messages(path, topics, report):
+        msg = _deserialize(ts, message, report)
+        if msg is not None:
+            yield message.topic, message.log_time, message.msgtype, msg
 
 
-def bag_topics(path: str | Path) -> dict[str, tuple[str, list]]:
-    """topic -> (msgtype, offered QoS profiles recorded in the metadata)."""
-    from rosbags.rosbag2 import Reader
-
-    with Reader(Path(path)) as reader:
-        return {c.topic: (c.msgtype, list(getattr(c.ext, "offered_qos_profiles", []) or []))
-                for c in reader.connections}
+def _deserialize(ts, message: RawMessage, report: BagReport):
+    """The rosbags message, or None (recorded in `report`) when its CDR is cut, absurd or of a
+    type the type store does not know."""
+    try:
+        return ts.deserialize_cdr(message.data, message.msgtype)
+    except KeyError:
+        report.add(message.file, message.where, message.topic, "unknown message type",
+                   f"{message.msgtype} is not in the rosbags type store")
+    except Exception as exc:  # noqa: BLE001 - rosbags' CDR parser of outside bytes raises several kinds
+        report.add(message.file, message.where, message.topic, "undecodable message",
+                   f"{type(exc).__name__}: {str(exc)[:160]}")
+    return None
 
 
 # ------------------------------------------------------------------------------- sam-mmseg make-bag

@@ -22,7 +22,9 @@ from sam_mmseg_ros.contracts import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MODALITIES,
+    InputError,
 )
+from sam_mmseg_ros.data.bag_reader import BagReport
 from sam_mmseg_ros.decoders.common import stamp_to_ns
 from sam_mmseg_ros.decoders.image import image_to_numpy
 from sam_mmseg_ros.eval.results import FULL, MOSAIC_FRAMES, SUBSETS, EvalResult, backend_info, mosaic_tile
@@ -31,22 +33,31 @@ from sam_mmseg_ros.sensors.encodings import DELIVER_FILES_PROVIDE, check_encodin
 
 
 def count_messages(path: str | Path, topic: str) -> int:
-    from rosbags.rosbag2 import Reader
+    from sam_mmseg_ros.data.bag_reader import message_counts
 
-    with Reader(Path(path)) as reader:
-        return sum(c.msgcount for c in reader.connections if c.topic == topic)
+    return message_counts(path)[topic]
+
+
+def _ground_truth(msg, path, stamp_ns: int, damage: BagReport) -> np.ndarray | None:
+    """The labels of a ground-truth message, or None (recorded in `damage`) when they cannot be
+    decoded: one bad message costs one frame's score, not the run."""
+    try:
+        return np.array(image_to_numpy(msg).array, np.uint8)
+    except InputError as exc:
+        damage.add(str(path), f"record time {stamp_ns}", GROUND_TRUTH_TOPIC, "undecodable ground truth", str(exc))
+        return None
 
 
 def read_ground_truth(path: str | Path) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Ground-truth labels by camera stamp and conditions by record time, read from the bag."""
     from sam_mmseg_ros.data.bags import read_bag
 
-    truth, condition = {}, {}
-    for topic, stamp_ns, _msgtype, msg in read_bag(path, [GROUND_TRUTH_TOPIC, CONDITION_TOPIC]):
-        if topic == GROUND_TRUTH_TOPIC:
-            truth[stamp_to_ns(msg.header.stamp)] = np.array(image_to_numpy(msg).array, np.uint8)
-        else:
+    truth, condition, damage = {}, {}, BagReport()
+    for topic, stamp_ns, _msgtype, msg in read_bag(path, [GROUND_TRUTH_TOPIC, CONDITION_TOPIC], damage):
+        if topic == CONDITION_TOPIC:
             condition[stamp_ns] = str(msg.data)
+        elif (labels := _ground_truth(msg, path, stamp_ns, damage)) is not None:
+            truth[stamp_to_ns(msg.header.stamp)] = labels
     return truth, condition
 
 
@@ -86,9 +97,11 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
     condition: dict[int, str] = {}
     pending: dict[int, tuple[dict[str, np.ndarray], np.ndarray | None]] = {}
     bar = tqdm(total=total, desc=f"eval {len(subsets)} subsets", unit="frame", disable=not progress)
-    for topic, stamp_ns, _msgtype, msg in read_bag(path):
+    damage = BagReport()  # damaged messages are skipped, counted and listed in the report's notes
+    for topic, stamp_ns, _msgtype, msg in read_bag(path, report=damage):
         if topic == GROUND_TRUTH_TOPIC:
-            truth[stamp_to_ns(msg.header.stamp)] = np.array(image_to_numpy(msg).array, np.uint8)
+            if (labels := _ground_truth(msg, path, stamp_ns, damage)) is not None:
+                truth[stamp_to_ns(msg.header.stamp)] = labels
         elif topic == CONDITION_TOPIC:
             condition[stamp_ns] = str(msg.data)
         elif topic in kinds:
@@ -125,6 +138,9 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
         result.notes.append(f"{len(pending)} camera frames had no ground truth and were not scored")
     for kind, reason in node.feeder.problems.current.items():
         result.notes.append(f"{kind} input problem (last seen): {reason}")
+    if damage:
+        result.notes.append(f"damaged bag: {damage.total_skipped} messages skipped")
+        result.notes += damage.notes()
     return result
 
 

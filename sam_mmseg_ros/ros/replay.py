@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from sam_mmseg_ros.contracts import BAG_TOPICS
-from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, bag_topics, read_raw
+from sam_mmseg_ros.data.bag_reader import BagReport, bag_topics
+from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, read_raw
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,10 @@ def _play(node, path, rate, loop, clock, stop_event, topics, reliable, clock_hz,
             log.info("playing although not every input topic has a subscriber after %.1f s", discovery_wait_s)
 
     count = 0
+    damage = BagReport()  # damaged messages are skipped (never published), logged once, counted
     while not stop_event.is_set():
         wall_start = bag_start = None
-        for topic, stamp, _, raw in read_raw(path, list(publishers)):
+        for topic, stamp, _, raw in read_raw(path, list(publishers), report=damage, check_cdr=True):
             if bag_start is None:
                 wall_start, bag_start = time.monotonic(), stamp
             if clock:
@@ -139,6 +141,9 @@ def _play(node, path, rate, loop, clock, stop_event, topics, reliable, clock_hz,
             count += 1
         if not loop or bag_start is None:
             break
+    if damage:
+        log.warning("%s is damaged: %d messages were not published (%s)", path, damage.total_skipped,
+                    "; ".join(damage.notes()))
     return count
 
 
