@@ -14,6 +14,7 @@ it for late subscribers.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -41,8 +42,10 @@ _POINTFIELD = {np.dtype(np.int8): 1, np.dtype(np.uint8): 2, np.dtype(np.int16): 
                np.dtype(np.int32): 5, np.dtype(np.uint32): 6, np.dtype(np.float32): 7, np.dtype(np.float64): 8}
 
 
+@functools.cache
 def typestore():
-    """The rosbags type store of the newest ROS 2 distribution it knows (kilted when present)."""
+    """The rosbags type store of the newest ROS 2 distribution it knows (kilted when present);
+    one per process, since it compiles a (de)serializer per message type on first use."""
     from rosbags.typesys import Stores, get_typestore
 
     names = [s for s in Stores if s.name.startswith("ROS2_")]
