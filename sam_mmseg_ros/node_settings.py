@@ -31,6 +31,7 @@ class ModelSettings:
     checkpoint: str | None
     onnx_path: str | None
     engine_path: str | None
+    engine_trusted: bool
     engine_cache_dir: str | None
     allow_engine_build: bool
     precision: str
@@ -41,7 +42,7 @@ class ModelSettings:
     def backend_options(self) -> dict:
         """Keyword arguments of `engine.create_backend`."""
         return dict(checkpoint=self.checkpoint, onnx_path=self.onnx_path, engine_path=self.engine_path,
-                    precision=self.precision, device=self.device, input_size=self.input_size,
+                    engine_trusted=self.engine_trusted, precision=self.precision, device=self.device, input_size=self.input_size,
                     allow_build=self.allow_engine_build, cache_dir=self.engine_cache_dir)
 
 
@@ -91,7 +92,8 @@ class NodeSettings:
         height, width = (int(x) for x in v["input_size"])
         model = ModelSettings(
             backend=v["backend"], checkpoint=v["checkpoint"] or None, onnx_path=v["onnx_path"] or None,
-            engine_path=v["engine_path"] or None, engine_cache_dir=v["engine_cache_dir"] or None,
+            engine_path=v["engine_path"] or None, engine_trusted=bool(v["engine_trusted"]),
+            engine_cache_dir=v["engine_cache_dir"] or None,
             allow_engine_build=bool(v["allow_engine_build"]), precision=v["precision"],
             device=v["device"] or None, cpu_threads=int(v["cpu_threads"]),
             input_size=(height, width) if height and width else None)

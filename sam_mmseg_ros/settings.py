@@ -70,6 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
             "untrained tiny model (reported as an ERROR diagnostic)"),
     Setting("onnx_path", "", "ONNX model for the onnxruntime / tensorrt backends; empty: export from checkpoint"),
     Setting("engine_path", "", "TensorRT engine file; empty: the engine cache"),
+    Setting("engine_trusted", False, "load engine_path (given alone) even without its cache record, e.g. an "
+            "engine built by trtexec: its hash, TensorRT version, GPU and precision are then not checked, and "
+            "the log says so. A record that disagrees is never overridden"),
     Setting("engine_cache_dir", "", "where built TensorRT engines are kept; empty: the default cache"),
     Setting("allow_engine_build", True, "build a TensorRT engine when none valid exists (else fail clearly)"),
     Setting("precision", "fp16", "inference precision", choices=("fp16", "fp32")),

@@ -100,23 +100,25 @@ def make_targets(work: Path):
     from sam_mmseg_ros.data.bag_reader import BagReport
     from sam_mmseg_ros.data.bags import read_bag, write_bag
     from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
-    from sam_mmseg_ros.ingest import FrameFeeder, NodeSettings, load_parameters, topic_kinds
+    from sam_mmseg_ros.ingest import FrameFeeder, topic_kinds
     from sam_mmseg_ros.model import build_model
     from sam_mmseg_ros.model.checkpoint import load_checkpoint, save_checkpoint
+    from sam_mmseg_ros.node_settings import NodeSettings
+    from sam_mmseg_ros.reporting import ProblemLog
 
     frames = list(generate_sequence(SequenceConfig(width=48, height=32, num_frames=2, lidar_columns=128,
                                                    event_width=24, event_height=16, seed=7)))
-    settings = NodeSettings.from_parameters(load_parameters(overrides={"event_sensor_size": [24, 16]}))
+    settings = NodeSettings.from_file(overrides={"event_sensor_size": [24, 16]})
     kinds = topic_kinds(BAG_TOPICS)
 
     def read_and_decode(bag: Path) -> bool:
         """Read the bag and feed its sensor messages to the node's decoders; True if damage was found."""
-        feeder = FrameFeeder(settings, warn=lambda text: None, info=lambda text: None)
+        feeder = FrameFeeder(settings, ProblemLog(lambda text: None))
         report = BagReport(log_problems=False)
         for topic, stamp, _, msg in read_bag(bag, report=report):
             if topic in kinds:
                 feeder.feed(kinds[topic], msg, stamp)
-        return bool(report) or bool(feeder.input_errors)
+        return bool(report) or bool(feeder.problems.current)
 
     targets = []
     for storage, compress in (("mcap", False), ("mcap", True), ("sqlite3", False)):
