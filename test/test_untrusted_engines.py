@@ -92,3 +92,11 @@ def test_check_user_engine_without_tensorrt(tmp_path):
     (tmp_path / "e.engine.json").write_text("{not json")
     check = check_user_engine(engine, lambda stored: stored, trusted=True)
     assert not check.valid and "no usable cache record" in check.reason  # a broken record is not "no record"
+
+
+def test_the_node_parameter_reaches_create_backend():
+    from sam_mmseg_ros.node_settings import NodeSettings
+
+    assert NodeSettings.from_file().model.backend_options()["engine_trusted"] is False
+    trusted = NodeSettings.from_file(overrides={"engine_path": "/vehicle/model.engine", "engine_trusted": True})
+    assert trusted.model.backend_options()["engine_trusted"] is True
