@@ -300,10 +300,16 @@ def test_unreadable_bags_are_bag_errors_naming_the_file(intact, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     for bag, message in ((sqlite, "cannot be read"), (not_mcap, "is not an MCAP file"),
-                         (empty, "no readable metadata.yaml and no .mcap"), (tmp_path / "nowhere", "does not exist")):
+                         (empty, "holds no metadata.yaml and no single rosbag2 storage file"), (tmp_path / "nowhere", "does not exist")):
         with pytest.raises(BagError, match=message) as error:
             list(read_bag(bag))
         assert str(bag) in str(error.value)
+
+
+def test_a_sqlite3_recording_without_metadata_is_read_from_its_database(intact, tmp_path):
+    bag = _rewrite(intact, tmp_path / "sqlite", storage="sqlite3")
+    (bag / "metadata.yaml").unlink()
+    assert len(list(read_bag(bag))) == len(_read(intact)[0])
 
 
 def test_damaged_metadata_falls_back_to_the_mcap_files(intact, tmp_path):

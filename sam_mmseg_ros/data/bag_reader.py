@@ -33,9 +33,10 @@ from sam_mmseg_ros.contracts import BadFileError
 
 log = logging.getLogger(__name__)
 
-MAX_CHUNK_BYTES = 1 << 30
-"""Largest uncompressed MCAP chunk or message accepted (recorders write chunks of about 1 MB; one
-message of a 4K camera is 25 MB). A bigger declared size is damage, not an allocation."""
+MAX_CHUNK_BYTES = 512 << 20
+"""Largest MCAP chunk or message read, compressed or not (recorders write chunks of about 1 MB and
+one chunk per larger message; an 8K RGB image is 106 MB). A bigger declared size is damage, not an
+allocation: reading one chunk holds at most about twice this."""
 MAX_SUMMARY_BYTES = 64 << 20
 MAX_LOGGED = 20
 """Distinct problems logged one by one; further ones are only counted (see BagReport.notes)."""
@@ -188,7 +189,7 @@ def _decompress(compression: str, data: memoryview, size: int) -> bytes:
                 left = decompressor.unused_data
         except zstd.ZstdError as exc:
             raise _Corrupt(f"zstd: {exc}") from None
-        out = b"".join(parts)
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
     elif compression == "lz4":
         import lz4.frame
 
@@ -308,6 +309,9 @@ class McapFile:
                 return
             if op == 0x06:
                 yield from self._chunk(f, pos, length)
+            elif op in (0x03, 0x04, 0x05) and length > MAX_CHUNK_BYTES:
+                self._damage(pos, "", "oversized record", f"{name} record of {length} bytes, more than "
+                             f"{MAX_CHUNK_BYTES}; skipped", lost=int(op == 0x05))
             elif op in (0x03, 0x04, 0x05):
                 try:
                     message = self._record(op, memoryview(f.read(length)), pos)
@@ -317,7 +321,7 @@ class McapFile:
                     if message is not None:
                         yield message
             elif op == 0x07 and self._pending is not None:
-                self._count_index(memoryview(f.read(length)))
+                self._count_index(memoryview(f.read(min(length, 6))))  # channel id, entries' byte length
             pos = body_start + length
 
     def _chunk(self, f, pos: int, length: int) -> Iterator[RawMessage]:
@@ -336,9 +340,9 @@ class McapFile:
             self._chunk_lost(where, "unknown compression", f"chunk compressed with {compression[:40]!r}, this reader "
                              f"knows {list(DECOMPRESSIONS)}")
             return
-        if size > MAX_CHUNK_BYTES:
-            self._chunk_lost(where, "oversized chunk", f"declares {size} bytes uncompressed, more than "
-                             f"{MAX_CHUNK_BYTES}")
+        if max(size, compressed_size) > MAX_CHUNK_BYTES:
+            self._chunk_lost(where, "oversized chunk", f"declares {size} bytes ({compressed_size} compressed), "
+                             f"more than {MAX_CHUNK_BYTES}")
             return
         f.seek(pos + _RECORD.size + header.pos)
         try:
@@ -487,13 +491,17 @@ def _layout(path: Path, report: BagReport) -> _Layout:
         raise BagError(f"{path} is neither a rosbag2 folder nor an .mcap or .db3 file")
     if not path.is_dir():
         raise BagError(f"bag {path} does not exist")
+    mcap_files = sorted(path.glob("*.mcap"), key=_natural)
+    if not mcap_files:  # sqlite3, or file-compressed MCAP: rosbags reads those
+        databases = sorted(path.glob("*.db3"), key=_natural)
+        if (path / "metadata.yaml").is_file():
+            return _Layout([], path, None, {})
+        if len(databases) == 1:  # a recording that was never closed: the database alone
+            return _Layout([], databases[0], None, {})
+        raise BagError(f"{path} holds no metadata.yaml and no single rosbag2 storage file (.mcap, .db3)")
     metadata = _metadata(path, report)
-    if metadata is None:
-        files = sorted(path.glob("*.mcap"), key=_natural)
-        if files:
-            return _Layout(files, None, None, {})
-        raise BagError(f"{path} has no readable metadata.yaml and no .mcap file")
-    storage = metadata.get("storage_identifier")
+    if metadata is None:  # a recording that was never closed has none
+        return _Layout(mcap_files, None, None, {})
     mode = str(metadata.get("compression_mode") or "").lower()
     qos = {}
     for entry in metadata.get("topics_with_message_count") or []:
@@ -501,7 +509,7 @@ def _layout(path: Path, report: BagReport) -> _Layout:
             qos[entry["topic_metadata"]["name"]] = entry["topic_metadata"].get("offered_qos_profiles", [])
         except (KeyError, TypeError, AttributeError):
             continue
-    if storage != "mcap" or mode == "file":
+    if metadata.get("storage_identifier") != "mcap" or mode == "file":
         return _Layout([], path, None, qos)
     names = metadata.get("relative_file_paths") or []
     files = [path / Path(str(name)).name for name in names]
@@ -526,7 +534,7 @@ def _metadata(path: Path, report: BagReport) -> dict | None:
     try:
         if file.stat().st_size > MAX_SUMMARY_BYTES:
             raise ValueError("larger than any real metadata.yaml")
-        data = yaml.safe_load(file.read_text())
+        data = yaml.load(file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: 10x
         return dict(data["rosbag2_bagfile_information"])
     except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError) as exc:
         report.add(str(file), "the start", "", "unreadable metadata", f"{type(exc).__name__}: {str(exc)[:200]}; "
