@@ -124,8 +124,9 @@ _CREATORS = {
 
 def create_backend(kind: str = "auto", *, checkpoint: str | os.PathLike | None = None,
                    onnx_path: str | os.PathLike | None = None, engine_path: str | os.PathLike | None = None,
-                   engine_trusted: bool = False, precision: str = "fp16", device: str | None = None, input_size: tuple[int, int] | None = None,
-                   allow_build: bool = True, cache_dir: str | os.PathLike | None = None,
+                   engine_trusted: bool = False, precision: str = "fp16", device: str | None = None,
+                   input_size: tuple[int, int] | None = None, allow_build: bool = True,
+                   cache_dir: str | os.PathLike | None = None,
                    logger: logging.Logger | None = None) -> Backend:
     """The best usable backend of `kind` (see KINDS), logging the choice and, for `auto`, why
     each better candidate was unavailable.

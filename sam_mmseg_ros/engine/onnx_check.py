@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import onnx
 from onnx import TensorProto
@@ -36,7 +36,7 @@ class OnnxFileError(BadFileError):
     """An ONNX file that must not be given to a runtime; the message says why."""
 
 
-def contract_spec(m: int, h: int, w: int) -> tuple[dict[str, tuple[int, list[int]]], dict[str, tuple[int, list[int]]]]:
+def _contract_spec(m: int, h: int, w: int) -> tuple[dict[str, tuple[int, list[int]]], dict[str, tuple[int, list[int]]]]:
     """(required, optional) tensors of the engine contract for M modalities at HxW: name ->
     (ONNX element type, shape). Inputs and the first outputs are required, in ENGINE_* order."""
     required = {
@@ -75,21 +75,20 @@ def contract_problems(graph: onnx.GraphProto) -> tuple[tuple[int, int, int] | No
         problems.append(f"'images' has {m} modality slots, the contract has at most {len(MODALITIES)}")
     if max(h, w) > MAX_INPUT_SIDE:
         problems.append(f"'images' is {h}x{w}, larger than {MAX_INPUT_SIDE} on a side")
-    required, optional = contract_spec(m, h, w)
+    required, optional = _contract_spec(m, h, w)
     for name, signature in {**inputs, **outputs}.items():
         expected = required.get(name, optional.get(name))
         if expected is None:
             problems.append(f"output {name!r:.60} is not part of the contract")
         elif signature != expected:
-            kind = onnx.helper.tensor_dtype_to_np_dtype
-            problems.append(f"{name!r} is {_describe(signature, kind)}, expected {_describe(expected, kind)}")
+            problems.append(f"{name!r} is {_describe(signature)}, expected {_describe(expected)}")
     return (m, h, w), problems
 
 
-def _describe(signature: tuple[int, list], kind) -> str:
+def _describe(signature: tuple[int, list]) -> str:
     elem_type, shape = signature
     try:
-        dtype = kind(elem_type).name
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
     except (KeyError, ValueError, TypeError):
         dtype = f"element type {elem_type}"
     return f"{dtype} {shape[:8]}"
@@ -139,7 +138,7 @@ def _external_problems(model: onnx.ModelProto, folder: Path) -> list[str]:
         if not location:
             problems.append(f"{name} is external but names no file")
             continue
-        if PurePath(location).is_absolute() or os.path.isabs(location):
+        if os.path.isabs(location):
             problems.append(f"{name} reads the absolute path {location!r:.120}; external data must lie in "
                             "the model's folder")
             continue
