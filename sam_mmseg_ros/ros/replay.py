@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from sam_mmseg_ros.contracts import BAG_TOPICS
-from sam_mmseg_ros.data.bag_reader import BagReport, bag_topics
+from sam_mmseg_ros.data.bag_reader import BagError, BagReport, bag_topics
 from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, read_raw
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def run(args) -> int:
         stop.set()
         log.info("stopped")
         return 0
-    except FileNotFoundError as exc:  # no bag there: say so, without a traceback
+    except (FileNotFoundError, BagError) as exc:  # no bag there, or nothing readable: say so, no traceback
         log.error("cannot replay: %s", exc)
         return 1
     log.info("published %d messages from %s", count, args.bag)
