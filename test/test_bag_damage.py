@@ -23,7 +23,7 @@ from sam_mmseg_ros.cli import EXIT_BAD_FILE
 from sam_mmseg_ros.cli import main as cli_main
 from sam_mmseg_ros.contracts import BAG_TOPICS, GROUND_TRUTH_TOPIC
 from sam_mmseg_ros.data.bag_reader import BagError, BagReport, bag_topics, iter_messages, message_counts
-from sam_mmseg_ros.data.bags import read_bag, read_raw, write_bag
+from sam_mmseg_ros.data.bags import bag_image_encodings, read_bag, read_raw, write_bag
 from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
 
 FRAMES = 4
@@ -319,6 +319,8 @@ def test_damaged_metadata_falls_back_to_the_mcap_files(intact, tmp_path):
     assert len(messages) == len(_read(intact)[0])
     assert [key[2] for key in report.problems] == ["unreadable metadata"]
     assert bag_topics(bag) == bag_topics(intact)
+    with pytest.raises(BagError, match="unreadable, so the sam_mmseg.encodings the bag declares are unknown"):
+        bag_image_encodings(bag)  # what eval needs from it is unknown: a clear error, not a guess
 
 
 def test_topics_of_a_cut_recording_come_from_its_data_section(intact, tmp_path):

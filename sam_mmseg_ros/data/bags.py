@@ -30,7 +30,7 @@ from sam_mmseg_ros.contracts import (
     EventArray,
     PointCloud,
 )
-from sam_mmseg_ros.data.bag_reader import BagReport, RawMessage, iter_messages
+from sam_mmseg_ros.data.bag_reader import BagError, BagReport, RawMessage, iter_messages
 from sam_mmseg_ros.sensors.camera import CameraModel
 
 log = logging.getLogger(__name__)
@@ -250,14 +250,14 @@ def bag_image_encodings(path: str | Path) -> dict[str, str]:
     import yaml
 
     metadata = Path(path) / "metadata.yaml"  # rosbag2's own file; a bare .mcap declares nothing
-    info = yaml.safe_load(metadata.read_text()) if metadata.is_file() else {}
-    custom = (info or {}).get("rosbag2_bagfile_information", {}).get("custom_data") or {}
     try:
+        info = yaml.safe_load(metadata.read_text()) if metadata.is_file() else {}
+        custom = (info or {}).get("rosbag2_bagfile_information", {}).get("custom_data") or {}
         declared = json.loads(custom.get(IMAGE_ENCODINGS_KEY, "{}"))
-    except json.JSONDecodeError:
+    except (OSError, yaml.YAMLError, json.JSONDecodeError, AttributeError, TypeError):  # a damaged file
         declared = None
     if not isinstance(declared, dict):
-        raise ValueError(f"{path}: unreadable {IMAGE_ENCODINGS_KEY} in the bag's metadata")
+        raise BagError(f"{metadata}: unreadable, so the {IMAGE_ENCODINGS_KEY} the bag declares are unknown")
     return {str(k): str(v) for k, v in declared.items()}
 
 

@@ -148,7 +148,8 @@ def bag_inputs(path: str | Path) -> dict[str, str]:
     """The node's depth_input, event_input and lidar_input for a bag, from what it records: a
     PointCloud2 or an Image on the event and LiDAR topics, metric depth (32FC1/16UC1) or a ready
     image on the depth topic (its first message). Topics the bag lacks keep the defaults."""
-    from sam_mmseg_ros.data.bags import bag_topics, read_bag
+    from sam_mmseg_ros.data.bag_reader import bag_topics
+    from sam_mmseg_ros.data.bags import read_bag
     from sam_mmseg_ros.sensors.image_input import IMAGE_INPUT_ENCODINGS
 
     topics = bag_topics(path)
