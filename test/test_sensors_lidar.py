@@ -131,6 +131,21 @@ def test_intensity_is_scaled_by_its_range():
     assert encoded[1].max() == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("dtype, scale", [(np.uint8, 255.0), (np.uint16, 65535.0), (np.float32, 255.0),
+                                          (np.float64, 255.0), (np.int16, 32767.0), (np.uint32, 65535.0)])
+def test_intensity_scale_is_fixed_by_the_field_type_not_by_the_frame(dtype, scale):
+    """Ouster-like frames whose maxima are 250 and 260 keep one scale (a per-frame scale made
+    them 257x apart)."""
+    channels = []
+    peaks = (250, 260) if np.dtype(dtype).itemsize > 1 else (200, 250)
+    for peak in peaks:
+        cloud = PointCloud(np.array([[0.0, 0.0, 5.0], [0.5, 0.0, 5.0]]), np.array([100, peak], dtype))
+        encoded, _ = encode_lidar(rasterize(project_points(cloud, np.eye(4), PINHOLE), PINHOLE, (48, 64)))
+        channels.append(np.sort(encoded[1][encoded[2] > 0]))
+    assert channels[0][0] == channels[1][0] == pytest.approx(100.0 / scale)
+    assert channels[1][1] == pytest.approx(min(1.0, peaks[1] / scale))
+
+
 def test_empty_cloud():
     projected = project_points(PointCloud(np.zeros((0, 3), np.float32)), np.eye(4), PINHOLE)
     assert len(projected) == 0

@@ -53,7 +53,7 @@ class PreprocessConfig:
     lidar_max_range_m: float = default("lidar_max_range_m")
     rgb_resize: str = "area"  # "area" | "nearest" (integer factors; see sensors.rgb)
     depth_max_m: float = 80.0  # range of the "inverse" depth encoding
-    lidar_intensity_scale: float | None = None  # None: 1, 255 or 65535 from the values seen
+    lidar_intensity_scale: float | None = None  # None: fixed by the intensity field's datatype
     camera_height_m: float | None = None  # HHA ground level; None: estimated per frame
 
 
