@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sam_mmseg_ros.contracts import InputError, PointCloud
-from sam_mmseg_ros.sensors.camera import DISTORTION_CLAMP, CameraModel
+from sam_mmseg_ros.sensors.camera import CameraModel
 
 MIN_DEPTH_M = 0.1
 """Points closer than this to the camera plane are dropped (sensor housing, ego vehicle)."""
@@ -295,16 +295,17 @@ def _candidate_region(camera: CameraModel) -> tuple[float, float, float, float, 
     cannot land in the image, found once per camera by distorting a grid and keeping its
     points that land inside (one grid step of margin). With distortion, r_fold is the radius
     where the radial distortion stops increasing (the polynomial folds back far outside the
-    field of view, and `project` clamps at 2): points beyond it would land on wrong pixels."""
+    field of view, and `project` clamps at `camera.distortion_radius`): points beyond it would
+    land on wrong pixels."""
     key = camera.key()
     region = _REGION_CACHE.get(key)
     if region is None:
         r_fold = None
         if camera.has_distortion:
-            r = np.linspace(0.0, DISTORTION_CLAMP, 4001)
+            r = np.linspace(0.0, camera.distortion_radius, 4001)
             rd, _ = camera.distort(r, np.zeros_like(r))
             falling = np.flatnonzero(np.diff(rd) <= 0)
-            r_fold = float(r[falling[0]]) if falling.size else DISTORTION_CLAMP
+            r_fold = float(r[falling[0]]) if falling.size else camera.distortion_radius
             extent = r_fold
         else:
             u = np.array([-0.5, camera.width - 0.5])[:, None]
