@@ -28,6 +28,7 @@ setup(
         "rosbags>=0.10",
         "tqdm",
         "pillow",
+        "opencv-python-headless",
         "matplotlib",
         "pyyaml",
     ],
