@@ -86,11 +86,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("enable.depth", True, "subscribe to ~/input/depth and use it"),
     Setting("enable.event", True, "subscribe to ~/input/events and use it"),
     Setting("enable.lidar", True, "subscribe to ~/input/lidar and use it"),
+    Setting("topics.rgb", "", "camera topic (base name, as image_transport names it: the compressed transport "
+            "subscribes to <topic>/compressed); empty: ~/input/rgb. The topics.* rows are the topic map of drivers "
+            "that use their own names; `sam-mmseg eval` and `replay` read them from the same parameter file"),
+    Setting("topics.camera_info", "", "camera_info topic; empty: ~/input/camera_info"),
+    Setting("topics.depth", "", "depth topic (base name); empty: ~/input/depth"),
+    Setting("topics.event", "", "event topic; empty: ~/input/events"),
+    Setting("topics.lidar", "", "LiDAR topic; empty: ~/input/lidar"),
+    Setting("rgb_transport", "raw", "camera transport: raw (sensor_msgs/Image) or compressed (CompressedImage, "
+            "jpeg or png, on <camera topic>/compressed, as image_transport publishes it)",
+            choices=("raw", "compressed")),
     Setting("depth_input", "depth", "~/input/depth holds metric depth (32FC1 or 16UC1 Image), or a ready depth "
             "image (rgb8/bgr8/mono8) already in the model's depth encoding, e.g. a DELIVER bag's HHA images",
             choices=("depth", "image")),
-    Setting("event_input", "cloud", "~/input/events type: PointCloud2 of events, or a ready event-frame Image "
-            "(rgb8/bgr8/mono8) in the model's event encoding, e.g. DELIVER's event images", choices=("cloud", "image")),
+    Setting("depth_transport", "raw", "depth transport: raw (Image) or compressedDepth (metric depth as "
+            "CompressedImage on <depth topic>/compressedDepth, image_transport's PNG depth codec)",
+            choices=("raw", "compressedDepth")),
+    Setting("event_input", "cloud", "~/input/events type: PointCloud2 of events (cloud), a ready event-frame Image "
+            "(rgb8/bgr8/mono8) in the model's event encoding, e.g. DELIVER's event images (image), or "
+            "event_camera_msgs/EventPacket (packet: evt3, libcaer_cmp, libcaer, as metavision_driver and "
+            "libcaer_driver publish; live only where event_camera_msgs is installed)",
+            choices=("cloud", "image", "packet")),
     Setting("lidar_input", "cloud", "~/input/lidar type: PointCloud2, or a ready LiDAR Image (rgb8/bgr8/mono8, "
             "camera-aligned) in the model's LiDAR encoding, e.g. DELIVER's LiDAR images", choices=("cloud", "image")),
     Setting("event_sensor_size", [0, 0], "event sensor [width, height]; [0, 0]: the camera resolution",
@@ -98,6 +114,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("event_window_ms", 50.0, "events in this window before the camera stamp form one frame",
             low=1.0, high=1000.0),
     Setting("lidar_max_range_m", 80.0, "LiDAR points farther than this are ignored", low=1.0, high=1000.0),
+    Setting("lidar_intensity_scale", 0.0, "full scale of the LiDAR intensity field, the same for every frame; "
+            "0: by its datatype (255 for 8-bit and float fields, 65535 for 16- and 32-bit integers). Ouster's "
+            "float intensity exceeds 255: set it there", low=0.0, high=1e9),
     Setting("input_reliability", "best_effort", "input QoS reliability (sensor-data profile otherwise)",
             choices=("best_effort", "reliable")),
     Setting("input_queue_depth", 5, "input QoS history depth", low=1, high=100),

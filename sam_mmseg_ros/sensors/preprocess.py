@@ -106,6 +106,10 @@ def preprocess(bundle: FrameBundle, config: PreprocessConfig | None = None,
             continue
         encoding = config.encodings[modality]
         try:
+            needs_camera = not is_image_input(data) if modality == "lidar" else (
+                modality == "depth" and not is_image_input(data) and _DEPTH_METHODS.get(encoding) == "hha")
+            if needs_camera and bundle.camera is None and "camera_info" in bundle.absent:
+                raise InputError(bundle.absent["camera_info"])  # e.g. an unsupported distortion model
             if modality == "rgb":
                 _, stats, rgb8 = encode_rgb(data, size, config.rgb_resize, out=slot)
             elif modality == "depth" and is_image_input(data):
