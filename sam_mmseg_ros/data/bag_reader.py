@@ -227,6 +227,7 @@ class McapFile:
         self.report = report
         self.message_compression = message_compression
         self.schemas: dict[int, str] = {}  # id -> message type
+        self.definitions: dict[int, tuple[str, str]] = {}  # id -> (encoding, text) the recorder embedded
         self.channels: dict[int, _Channel] = {}
         self.statistics: dict[int, int] | None = None  # channel id -> message count, from the summary
         self._pending: tuple[str, str, str, Counter] | None = None  # damaged chunk awaiting its index counts
@@ -404,6 +405,9 @@ class McapFile:
         if op == 0x03:
             (schema_id,) = cursor.unpack(_U16)
             self.schemas[schema_id] = cursor.string()
+            encoding = cursor.string()
+            (size,) = cursor.unpack(_U32)
+            self.definitions[schema_id] = (encoding, bytes(cursor.take(size)).decode("utf-8", "replace"))
             return
         channel_id, schema_id = cursor.unpack(struct.Struct("<HH"))
         topic, encoding = cursor.string(), cursor.string()
@@ -611,6 +615,38 @@ def bag_topics(path: str | os.PathLike) -> dict[str, tuple[str, list]]:
             except Exception:  # noqa: BLE001 - QoS is a convenience: a bad profile means defaults
                 qos = []
             out[channel.topic] = (msgtype, qos)
+    return out
+
+
+def bag_definitions(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
+    """Message type -> (format, text) of the definitions the bag embeds: MCAP schemas, and the
+    per-topic definitions rosbag2 >= 8 keeps in sqlite3 (format "ros2msg" or "ros2idl"), so types
+    outside the standard set (event_camera_msgs/EventPacket...) can be read."""
+    quiet = BagReport(log_problems=False)
+    layout = _layout(Path(path), quiet)
+    out = {}
+    if layout.rosbags_path is not None:
+        from rosbags.interfaces import MessageDefinitionFormat
+        from rosbags.rosbag2 import Reader
+
+        formats = {MessageDefinitionFormat.MSG: "ros2msg", MessageDefinitionFormat.IDL: "ros2idl"}
+        try:
+            with Reader(layout.rosbags_path) as reader:
+                for c in reader.connections:
+                    msgdef = getattr(c, "msgdef", None)
+                    if msgdef is not None and msgdef.format in formats and msgdef.data.strip():
+                        out.setdefault(c.msgtype, (formats[msgdef.format], msgdef.data))
+        except Exception as exc:  # noqa: BLE001 - as in _rosbags_messages
+            raise BagError(f"{layout.rosbags_path} cannot be read: {type(exc).__name__}: {str(exc)[:300]}") from None
+    for file in layout.mcap_files:
+        mcap = McapFile(file, quiet)
+        mcap.read_summary()
+        if not mcap.schemas:
+            for _ in mcap.messages(set()):  # a cut recording: schemas are found in its data section
+                pass
+        for schema_id, (encoding, text) in mcap.definitions.items():
+            if text.strip() and schema_id in mcap.schemas:
+                out.setdefault(mcap.schemas[schema_id], (encoding, text))
     return out
 
 

@@ -30,7 +30,14 @@ from sam_mmseg_ros.contracts import (
     EventArray,
     PointCloud,
 )
-from sam_mmseg_ros.data.bag_reader import BagError, BagReport, RawMessage, iter_messages
+from sam_mmseg_ros.data.bag_reader import (
+    BagError,
+    BagReport,
+    RawMessage,
+    bag_definitions,
+    bag_topics,
+    iter_messages,
+)
 from sam_mmseg_ros.sensors.camera import CameraModel
 
 log = logging.getLogger(__name__)
@@ -274,12 +281,48 @@ def read_raw(path: str | Path, topics: Sequence[str] | None = None, report: BagR
             yield message.topic, message.log_time, message.msgtype, message.data
 
 
-def read_bag(path: str | Path, topics: Sequence[str] | None = None,
-             report: BagReport | None = None) -> Iterator[tuple[str, int, str, object]]:
+def register_msg_types(store, definitions: Mapping[str, str]) -> None:
+    """Add message types to a rosbags type store from .msg texts ({msgtype: text}), e.g.
+    event_camera_msgs/msg/EventPacket for bags that are written with it."""
+    from rosbags.typesys import get_types_from_msg
+
+    types = {}
+    for msgtype, text in definitions.items():
+        types.update(get_types_from_msg(text, msgtype))
+    store.register({k: v for k, v in types.items() if k not in store.types})
+
+
+def bag_typestore(path: str | Path):
+    """(type store, {topic: msgtype} of topics it cannot read): the standard types plus the custom
+    ones (EventPacket, ...) whose definitions the bag embeds (`bag_reader.bag_definitions`)."""
+    from rosbags.typesys import get_types_from_idl, get_types_from_msg
+
+    store = typestore()
+    for msgtype, (fmt, text) in bag_definitions(path).items():
+        if msgtype in store.types:
+            continue
+        try:
+            if fmt == "ros2msg":
+                types = get_types_from_msg(text, msgtype)
+            else:
+                types = {}
+                for part in text.split("=" * 80 + "\n"):
+                    idl = part.split("\n", 1)[1] if part.startswith("IDL: ") else part
+                    types.update(get_types_from_idl(idl) if idl.strip() else {})
+            store.register({k: v for k, v in types.items() if k not in store.types})
+        except Exception as exc:  # noqa: BLE001 - a definition rosbags cannot parse leaves the type unknown
+            log.debug("cannot register %s: %s", msgtype, exc)
+    unknown = {topic: msgtype for topic, (msgtype, _) in bag_topics(path).items() if msgtype not in store.types}
+    return store, unknown
+
+
+def read_bag(path: str | Path, topics: Sequence[str] | None = None, report: BagReport | None = None,
+             store=None) -> Iterator[tuple[str, int, str, object]]:
     """(topic, record time ns, msgtype, deserialized rosbags message) in time order; damaged
-    messages are skipped and recorded in `report`."""
+    messages are skipped and recorded in `report`. `store` reads custom types (`bag_typestore`);
+    the default knows the standard ones."""
     report = report if report is not None else BagReport()
-    ts = typestore()
+    ts = store or typestore()
     for message in iter_messages(path, topics, report):
         msg = _deserialize(ts, message, report)
         if msg is not None:

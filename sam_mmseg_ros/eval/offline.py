@@ -10,13 +10,13 @@ vehicle. Everything is deterministic: the clock is the bag's record time.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
 from sam_mmseg_ros.contracts import (
-    BAG_TOPICS,
     CONDITION_TOPIC,
     GROUND_TRUTH_TOPIC,
     IMAGENET_MEAN,
@@ -30,6 +30,12 @@ from sam_mmseg_ros.decoders.image import image_to_numpy
 from sam_mmseg_ros.eval.results import FULL, MOSAIC_FRAMES, SUBSETS, EvalResult, backend_info, mosaic_tile
 from sam_mmseg_ros.ingest import model_source
 from sam_mmseg_ros.sensors.encodings import DELIVER_FILES_PROVIDE, check_encodings, resolve
+
+log = logging.getLogger(__name__)
+
+
+class NoCameraFrames(ValueError):
+    """The bag has no camera frames the node could use; the message lists the topics it has."""
 
 
 def count_messages(path: str | Path, topic: str) -> int:
@@ -63,15 +69,22 @@ def read_ground_truth(path: str | Path) -> tuple[dict[int, np.ndarray], dict[int
 
 def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = None, overrides: dict | None = None,
                  subsets: dict[str, tuple[str, ...]] = SUBSETS, progress: bool = True,
-                 max_frames: int | None = None, keep_labels: bool = False) -> EvalResult:
+                 max_frames: int | None = None, keep_labels: bool = False,
+                 topic_map: dict[str, str] | None = None) -> EvalResult:
     """One pass over the bag: every camera frame is assembled and encoded once, as the node does,
     then inferred once per modality subset with the removed modalities masked out. Health,
-    latency and the timeline come from the full set."""
+    latency and the timeline come from the full set.
+
+    `topic_map` (kind -> topic) and the parameter file's `topics.*` say which bag topic is which
+    input (`topic_map.find_bag_topics`); the recorded types set the transports. Topics whose type
+    cannot be read are skipped with one warning; a bag without camera frames raises NoCameraFrames."""
     from tqdm import tqdm
 
-    from sam_mmseg_ros.data.bags import bag_image_encodings, read_bag
-    from sam_mmseg_ros.ingest import OfflineNode, topic_kinds
+    from sam_mmseg_ros.data.bag_reader import bag_topics
+    from sam_mmseg_ros.data.bags import bag_image_encodings, bag_typestore, read_bag
+    from sam_mmseg_ros.ingest import OfflineNode
     from sam_mmseg_ros.node_settings import NodeSettings
+    from sam_mmseg_ros.topic_map import describe_missing_camera, find_bag_topics
 
     subsets = {FULL: MODALITIES, **subsets}  # health and latency come from the full set
     # Ready images the bag declares (make-bag --deliver) must be in the model's encodings; raw
@@ -79,12 +92,26 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
     check_encodings(resolve(backend.metadata.get("encodings"), model_source(backend)),
                     {m: (name,) for m, name in bag_image_encodings(path).items()}, model_source(backend),
                     f"bag {path}")
-    inputs = bag_inputs(path)
-    node = OfflineNode(backend, NodeSettings.from_file(params_file, {**inputs, **(overrides or {})}))
-    kinds = topic_kinds(BAG_TOPICS)
+    recorded = {topic: msgtype for topic, (msgtype, _) in bag_topics(path).items()}
+    settings = NodeSettings.from_file(params_file, overrides)
+    found = find_bag_topics(recorded, settings, topic_map)
+    store, unreadable = bag_typestore(path)
+    notes = list(found.notes)
+    if unreadable:
+        skipped = ", ".join(f"{t} ({m})" for t, m in sorted(unreadable.items()))
+        log.warning("skipping topics whose message types cannot be read (no definition in the bag): %s", skipped)
+        notes.append(f"skipped (type unknown): {skipped}")
+    if "rgb" not in found.topics or found.topics["rgb"] in unreadable:
+        raise NoCameraFrames(describe_missing_camera(recorded, settings, topic_map or {}))
+    inputs = bag_inputs(path, found, store)
+    node = OfflineNode(backend, NodeSettings.from_file(params_file, {**found.parameters, **inputs, **(overrides or {})}))
+    kinds = {topic: kind for kind, topic in found.topics.items() if topic not in unreadable}
     result = EvalResult(source=str(path), mode="offline", model=backend_info(backend),
                         labels={} if keep_labels else None)
-    result.camera_frames = count_messages(path, BAG_TOPICS["rgb"])
+    result.notes.extend(notes)
+    result.camera_frames = count_messages(path, found.topics["rgb"])
+    if result.camera_frames == 0:
+        raise NoCameraFrames(describe_missing_camera(recorded, settings, topic_map or {}))
     result.latency_note = ("offline, per stage, measured in this process (no DDS); "
                            "'assemble' = decode the camera image + assemble the frame")
     ready = [f"{name} {value}" for name, value in inputs.items() if value == "image"]
@@ -98,7 +125,7 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
     pending: dict[int, tuple[dict[str, np.ndarray], np.ndarray | None]] = {}
     bar = tqdm(total=total, desc=f"eval {len(subsets)} subsets", unit="frame", disable=not progress)
     damage = BagReport()  # damaged messages are skipped, counted and listed in the report's notes
-    for topic, stamp_ns, _msgtype, msg in read_bag(path, report=damage):
+    for topic, stamp_ns, _msgtype, msg in read_bag(path, [*kinds, GROUND_TRUTH_TOPIC, CONDITION_TOPIC], damage, store):
         if topic == GROUND_TRUTH_TOPIC:
             if (labels := _ground_truth(msg, path, stamp_ns, damage)) is not None:
                 truth[stamp_to_ns(msg.header.stamp)] = labels
@@ -144,22 +171,25 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
     return result
 
 
-def bag_inputs(path: str | Path) -> dict[str, str]:
-    """The node's depth_input, event_input and lidar_input for a bag, from what it records: a
-    PointCloud2 or an Image on the event and LiDAR topics, metric depth (32FC1/16UC1) or a ready
-    image on the depth topic (its first message). Topics the bag lacks keep the defaults."""
+def bag_inputs(path: str | Path, found=None, store=None) -> dict[str, str]:
+    """The node's depth_input, event_input and lidar_input for a bag, from what it records (on the
+    topics `found` maps, default the node's own): a PointCloud2, EventPacket or Image on the event
+    and LiDAR topics, metric depth (32FC1/16UC1) or a ready image on the depth topic (its first
+    message). Topics the bag lacks keep the defaults."""
     from sam_mmseg_ros.data.bag_reader import bag_topics
     from sam_mmseg_ros.data.bags import read_bag
+    from sam_mmseg_ros.node_settings import NodeSettings
     from sam_mmseg_ros.sensors.image_input import IMAGE_INPUT_ENCODINGS
+    from sam_mmseg_ros.topic_map import find_bag_topics
 
-    topics = bag_topics(path)
-    inputs = {}
-    for kind in ("event", "lidar"):
-        if BAG_TOPICS[kind] in topics:
-            inputs[f"{kind}_input"] = "image" if topics[BAG_TOPICS[kind]][0] == "sensor_msgs/msg/Image" else "cloud"
-    for _topic, _t, _type, msg in read_bag(path, [BAG_TOPICS["depth"]]):
-        inputs["depth_input"] = "image" if str(msg.encoding) in IMAGE_INPUT_ENCODINGS else "depth"
-        break
+    recorded = {topic: msgtype for topic, (msgtype, _) in bag_topics(path).items()}
+    found = found or find_bag_topics(recorded, NodeSettings.from_values({}))
+    inputs = {name: value for name, value in found.parameters.items() if name.endswith("_input")}
+    depth = found.topics.get("depth")
+    if depth is not None and recorded[depth] == "sensor_msgs/msg/Image":
+        for _topic, _t, _type, msg in read_bag(path, [depth], store):
+            inputs["depth_input"] = "image" if str(msg.encoding) in IMAGE_INPUT_ENCODINGS else "depth"
+            break
     return inputs
 
 
