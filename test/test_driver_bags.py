@@ -152,3 +152,57 @@ def _raw_camera(frame):
     return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec), frame_id="c"),
                            height=frame.rgb.shape[0], width=frame.rgb.shape[1], encoding="rgb8", is_bigendian=0,
                            step=frame.rgb.shape[1] * 3, data=np.ascontiguousarray(frame.rgb).tobytes())
+
+
+@pytest.mark.ros
+def test_replay_with_the_topic_map_into_the_node(driver_bag, frames, tmp_path, monkeypatch, caplog):
+    """`sam-mmseg replay` publishes the drivers' topics where the node listens (its ~/input topics
+    with the transports' suffixes); the node, started with the transports the bag needs, segments
+    every camera frame. The EventPacket topic reaches it where event_camera_msgs is installed and
+    is otherwise skipped with one warning (the node then reports that it cannot subscribe)."""
+    import importlib.util
+
+    pytest.importorskip("rclpy")
+    from node_harness import (  # noqa: F401
+        Harness,
+        checkpoint,
+        health_by_modality,
+        make_test_checkpoint,
+        node_status,
+        stamp_ns,
+        start_node,
+    )
+    from ros_helpers import PROFILE_VARIABLE, random_domain_id, ros_env
+
+    model = make_test_checkpoint(tmp_path / "tiny.pt")
+    values = {"rgb_transport": "compressed", "depth_transport": "compressedDepth", "event_input": "packet",
+              "event_sensor_size": [64, 48]}
+    params = _params(tmp_path, values)
+    domain = random_domain_id()
+    for key, value in ros_env(domain).items():
+        if key in (PROFILE_VARIABLE, "RMW_IMPLEMENTATION", "ROS_DOMAIN_ID"):
+            monkeypatch.setenv(key, value)
+    proc = start_node(domain, model, "rgb_transport:=compressed", "depth_transport:=compressedDepth",
+                      "event_input:=packet", "event_sensor_size:=[64,48]")
+    h = Harness(domain)
+    try:
+        h.wait_until(lambda: any("model ready" in line for line in proc.lines), 120, "the model", proc)
+        with caplog.at_level(logging.INFO):
+            assert cli(["replay", str(driver_bag), "--rate", "0.2", "--discovery-wait", "10", "--params-file", params,
+                        *TOPIC_ARGS]) == 0
+        h.wait_until(lambda: len(h.messages("labels")) >= FRAMES, 30, "labels for every frame", proc)
+        assert sorted(stamp_ns(m) for m in h.messages("labels")) == [f.stamp_ns for f in frames]
+        health = health_by_modality(h.messages("modality_health")[-1])
+        assert health["rgb"]["state"] == "ok" and health["depth"]["state"] in ("ok", "degraded")
+        log = [r.getMessage() for r in caplog.records]
+        assert any("/camera/image_raw/compressed on /sam_mmseg/input/rgb/compressed" in m for m in log)
+        if importlib.util.find_spec("event_camera_msgs") is None:
+            skipped = [m for m in log if "/event_camera/events" in m and "not installed" in m]
+            assert len(skipped) == 1
+            h.wait_until(lambda: any("event_camera_msgs is not installed" in (node_status(m) or {}).get("message", "")
+                                     for m in h.messages("diagnostics")), 5, "the missing event type reported", proc)
+        else:
+            assert health["event"]["state"] in ("ok", "degraded"), health["event"]
+    finally:
+        h.close()
+        proc.stop(timeout=30)
