@@ -140,32 +140,35 @@ def _empty() -> SensorEvents:
 
 
 def _running_vectors(state: _StreamState, is_base: np.ndarray, payload: np.ndarray, event_words: np.ndarray,
-                     vector: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                     vector: np.ndarray, step) -> tuple[np.ndarray, np.ndarray]:
     """(coordinate, polarity) for the vector words among `event_words`: the last vector base word's
     coordinate (or the one carried in) advanced by `step` per vector word since it; updates the
     carried base and polarity.
 
-    With C the cumulative steps, a vector word j after base word k sits at base_k + C(j) - step_j -
-    C(k): the per-base constant base_k - C(k) (and the base's polarity) is itself a running value,
-    so two cumulative sums do it."""
-    n = payload.size
-    steps = np.zeros(n, np.int64)
-    steps[event_words[vector]] = step
-    cumulative = np.cumsum(steps)
+    Over the base and vector words only, in stream order: with C the cumulative steps, a vector word
+    j after base word k sits at base_k + C(j) - step_j - C(k); the per-base constant base_k - C(k)
+    (and the base's polarity) is itself a running value, so two cumulative sums do it."""
     base_at = np.flatnonzero(is_base)
-    bases = payload[base_at]
+    vector_at = event_words[vector]
+    merged = np.concatenate((base_at, vector_at))
+    order = np.argsort(merged, kind="stable")  # a merge of two sorted runs
+    is_vector = order >= base_at.size
+    steps = np.zeros(merged.size, np.int64)
+    steps[is_vector] = step
+    cumulative = np.cumsum(steps)
+    bases = payload[base_at].astype(np.int64)
     offset = 1 << 20  # keeps base - C positive, so polarity can share the sum as its lowest bit
-    per_base = ((bases & 0x7FF) - cumulative[base_at] + offset) * 2 + ((bases >> 11) & 1)
+    per_base = ((bases & 0x7FF) - cumulative[~is_vector] + offset) * 2 + ((bases >> 11) & 1)
     carried = (state.vector_base + offset) * 2 + state.polarity
-    changes = np.zeros(n, np.int64)
-    _changes(base_at, per_base, carried, 1, changes)
-    total = np.cumsum(changes)
-    running = total[event_words[vector]] + carried
-    coordinate = (running >> 1) - offset + cumulative[event_words[vector]] - step
-    last = int(total[-1] + carried) if n else carried
-    state.vector_base = int((last >> 1) - offset + (cumulative[-1] if n else 0))
-    state.polarity = int(last & 1)
-    return coordinate, running & 1
+    changes = np.zeros(merged.size, np.int64)
+    _changes(np.flatnonzero(~is_vector), per_base, carried, 1, changes)
+    running = np.cumsum(changes)
+    running += carried
+    coordinate = (running[is_vector] >> 1) - offset + cumulative[is_vector] - steps[is_vector]
+    if merged.size:
+        state.vector_base = int((running[-1] >> 1) - offset + cumulative[-1])
+        state.polarity = int(running[-1] & 1)
+    return coordinate, running[is_vector] & 1
 
 
 def _expand(x: np.ndarray, y: np.ndarray, t_ns: np.ndarray, polarity: np.ndarray, vector: np.ndarray,
