@@ -35,3 +35,14 @@ def pytest_collection_modifyitems(config, items):
             cuda = _has_cuda() if cuda is None else cuda
             if not cuda:
                 item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """torch on one thread for a module: the 2-core CI machine runs other work alongside."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,7 +10,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from driver_bags import TOPIC_ARGS, TOPICS, VENDOR_TOPIC, VENDOR_TYPE, write_driver_bag
 
@@ -21,6 +20,8 @@ from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
 from sam_mmseg_ros.eval.results import FULL
 from sam_mmseg_ros.node_settings import NodeSettings
 from sam_mmseg_ros.topic_map import find_bag_topics
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 FRAMES = 3
 
@@ -37,12 +38,6 @@ def driver_bag(tmp_path_factory, frames):
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_bag_embeds_eventpacket_and_reads_it_back_with_a_fresh_typestore(driver_bag, frames):

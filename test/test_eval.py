@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from sam_mmseg_ros.contracts import BAG_TOPICS, CONDITION_TOPIC, HEALTH_STATES, MODALITIES
 from sam_mmseg_ros.data.bags import read_bag, write_bag
@@ -18,6 +17,8 @@ from sam_mmseg_ros.labels import NUM_CLASSES
 from sam_mmseg_ros.node_settings import NodeSettings
 from sam_mmseg_ros.sensors.encodings import DELIVER, EncodingError
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 CONDITIONS = ("sun", "night")
 FRAMES_PER_CONDITION = 2
 QUICK = {FULL: SUBSETS[FULL], "without lidar": SUBSETS["without lidar"]}
@@ -25,12 +26,6 @@ OUTAGE = {1: ("lidar",), 2: ("lidar",), 3: ("lidar",)}  # the LiDAR stops after 
 OVERRIDES = {"event_sensor_size": [64, 48]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
