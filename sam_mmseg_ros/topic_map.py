@@ -38,20 +38,22 @@ class BagTopics:
     notes: list[str] = field(default_factory=list)
 
 
-def parse_topic_map(items: list[str] | None) -> dict[str, str]:
-    """['rgb=/camera/image_raw', ...] -> {'rgb': '/camera/image_raw'} (argparse `--topic`)."""
-    out = {}
-    for item in items or ():
-        kind, sep, topic = item.partition("=")
-        if not sep or kind not in INPUT_KINDS or not topic.startswith("/"):
-            raise argparse.ArgumentTypeError(f"--topic takes KIND=/topic with KIND one of {', '.join(INPUT_KINDS)}; "
-                                             f"got '{item}'")
-        out[kind] = topic
-    return out
+def topic_item(text: str) -> tuple[str, str]:
+    """'rgb=/camera/image_raw' -> ('rgb', '/camera/image_raw'), for argparse `type=`."""
+    kind, sep, topic = text.partition("=")
+    if not sep or kind not in INPUT_KINDS or not topic.startswith("/"):
+        raise argparse.ArgumentTypeError(f"expected KIND=/topic with KIND one of {', '.join(INPUT_KINDS)}, "
+                                         f"got '{text}'")
+    return kind, topic
+
+
+def parse_topic_map(items: list[tuple[str, str]] | None) -> dict[str, str]:
+    """The `--topic` arguments as {kind: topic} (a later one for the same kind wins)."""
+    return dict(items or ())
 
 
 def add_topic_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--topic", action="append", metavar="KIND=TOPIC",
+    parser.add_argument("--topic", action="append", metavar="KIND=TOPIC", type=topic_item,
                         help=f"which bag topic is which input ({', '.join(INPUT_KINDS)}); camera and depth "
                              "topics by their base name, their /compressed or /compressedDepth topic is found. "
                              "Default: the topics.* parameters of --params-file, else the node's own topics")

@@ -205,8 +205,8 @@ def run(args) -> int:
     from sam_mmseg_ros.topic_map import parse_topic_map
 
     stop = threading.Event()
-    remap = input_remapping(args.bag, args.params_file, parse_topic_map(args.topic), args.node)
     try:
+        remap = input_remapping(args.bag, args.params_file, parse_topic_map(args.topic), args.node)
         count = replay_bag(args.bag, rate=args.rate, loop=args.loop, clock=args.clock, stop_event=stop,
                            topics=args.topics, reliable=not args.best_effort, clock_hz=args.clock_hz,
                            discovery_wait_s=args.discovery_wait, remap=remap)
