@@ -150,6 +150,7 @@ def _raw_camera(frame):
 
 
 @pytest.mark.ros
+@pytest.mark.slow
 def test_replay_with_the_topic_map_into_the_node(driver_bag, frames, tmp_path, monkeypatch, caplog):
     """`sam-mmseg replay` publishes the drivers' topics where the node listens (its ~/input topics
     with the transports' suffixes); the node, started with the transports the bag needs, segments

@@ -28,7 +28,7 @@ from sensor_msgs.msg import CompressedImage  # noqa: E402
 
 from sam_mmseg_ros.contracts import BAG_TOPICS  # noqa: E402
 
-pytestmark = pytest.mark.ros
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 
 def _start(monkeypatch, checkpoint, *params):  # noqa: F811 - the imported fixture
