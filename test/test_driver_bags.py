@@ -43,7 +43,7 @@ def driver_bag(tmp_path_factory, frames):
 def test_the_bag_embeds_eventpacket_and_reads_it_back_with_a_fresh_typestore(driver_bag, frames):
     store, unknown = bag_typestore(driver_bag)
     assert unknown == {VENDOR_TOPIC: VENDOR_TYPE}
-    packets = [msg for _, _, _, msg in read_bag(driver_bag, [TOPICS["event"]], store)]
+    packets = [msg for _, _, _, msg in read_bag(driver_bag, [TOPICS["event"]], store=store)]
     assert len(packets) == FRAMES and packets[0].encoding == "evt3"
     from sam_mmseg_ros.decoders.event_packet import EventPacketDecoder
 
@@ -123,7 +123,7 @@ def test_the_drivers_camera_and_depth_decode_to_the_scene_through_the_feeder(dri
     by_stamp = {f.stamp_ns: f for f in frames}
     cameras = depths = 0
     for topic, _, _, msg in read_bag(driver_bag, [TOPICS["rgb"] + "/compressed", TOPICS["depth"] + "/compressedDepth"],
-                                     store):
+                                     store=store):
         frame = by_stamp[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec]
         if topic.endswith("/compressed"):
             image = feeder.receive_camera(msg, 0).data
@@ -157,6 +157,7 @@ def test_replay_with_the_topic_map_into_the_node(driver_bag, frames, tmp_path, m
     every camera frame. The EventPacket topic reaches it where event_camera_msgs is installed and
     is otherwise skipped with one warning (the node then reports that it cannot subscribe)."""
     import importlib.util
+    import time
 
     pytest.importorskip("rclpy")
     from node_harness import (  # noqa: F401
@@ -183,10 +184,13 @@ def test_replay_with_the_topic_map_into_the_node(driver_bag, frames, tmp_path, m
     h = Harness(domain)
     try:
         h.wait_until(lambda: any("model ready" in line for line in proc.lines), 120, "the model", proc)
+        # The node computes labels only for a subscriber it has discovered: wait for the match.
+        h.wait_until(lambda: h.node.count_publishers("/sam_mmseg/output/labels") >= 1, 30, "discovery", proc)
+        time.sleep(1.0)
         with caplog.at_level(logging.INFO):
-            assert cli(["replay", str(driver_bag), "--rate", "0.2", "--discovery-wait", "10", "--params-file", params,
+            assert cli(["replay", str(driver_bag), "--rate", "0.1", "--discovery-wait", "10", "--params-file", params,
                         *TOPIC_ARGS]) == 0
-        h.wait_until(lambda: len(h.messages("labels")) >= FRAMES, 30, "labels for every frame", proc)
+        h.wait_until(lambda: len(h.messages("labels")) >= FRAMES, 60, "labels for every frame", proc)
         assert sorted(stamp_ns(m) for m in h.messages("labels")) == [f.stamp_ns for f in frames]
         health = health_by_modality(h.messages("modality_health")[-1])
         assert health["rgb"]["state"] == "ok" and health["depth"]["state"] in ("ok", "degraded")

@@ -405,9 +405,12 @@ class McapFile:
         if op == 0x03:
             (schema_id,) = cursor.unpack(_U16)
             self.schemas[schema_id] = cursor.string()
-            encoding = cursor.string()
-            (size,) = cursor.unpack(_U32)
-            self.definitions[schema_id] = (encoding, bytes(cursor.take(size)).decode("utf-8", "replace"))
+            try:  # the definition is optional (only custom types need it): a cut one loses nothing else
+                encoding = cursor.string()
+                (size,) = cursor.unpack(_U32)
+                self.definitions[schema_id] = (encoding, bytes(cursor.take(size)).decode("utf-8", "replace"))
+            except (_Corrupt, struct.error):
+                pass
             return
         channel_id, schema_id = cursor.unpack(struct.Struct("<HH"))
         topic, encoding = cursor.string(), cursor.string()
@@ -584,6 +587,18 @@ def _rosbags_messages(path: Path, topics: set[str] | None, report: BagReport) ->
         reader.close()
 
 
+def _described(layout: _Layout, report: BagReport) -> Iterator[McapFile]:
+    """The layout's MCAP files with their schemas and channels read: from the summary, or for a cut
+    recording without one, from its data section."""
+    for file in layout.mcap_files:
+        mcap = McapFile(file, report)
+        mcap.read_summary()
+        if not mcap.channels:
+            for _ in mcap.messages(set()):
+                pass
+        yield mcap
+
+
 def bag_topics(path: str | os.PathLike) -> dict[str, tuple[str, list]]:
     """topic -> (message type, offered QoS profiles), for a bag whose metadata may be damaged."""
     from rosbags.rosbag2.metadata import parse_qos
@@ -600,12 +615,7 @@ def bag_topics(path: str | os.PathLike) -> dict[str, tuple[str, list]]:
         except Exception as exc:  # noqa: BLE001 - as in _rosbags_messages
             raise BagError(f"{layout.rosbags_path} cannot be read: {type(exc).__name__}: {str(exc)[:300]}") from None
     out = {}
-    for file in layout.mcap_files:
-        mcap = McapFile(file, quiet)
-        mcap.read_summary()
-        if not mcap.channels:
-            for _ in mcap.messages(set()):  # a cut recording: channels are found in its data section
-                pass
+    for mcap in _described(layout, quiet):
         for channel in mcap.channels.values():
             msgtype = mcap.schemas.get(channel.schema_id)
             if msgtype is None or channel.topic in out:
@@ -638,12 +648,7 @@ def bag_definitions(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
                         out.setdefault(c.msgtype, (formats[msgdef.format], msgdef.data))
         except Exception as exc:  # noqa: BLE001 - as in _rosbags_messages
             raise BagError(f"{layout.rosbags_path} cannot be read: {type(exc).__name__}: {str(exc)[:300]}") from None
-    for file in layout.mcap_files:
-        mcap = McapFile(file, quiet)
-        mcap.read_summary()
-        if not mcap.schemas:
-            for _ in mcap.messages(set()):  # a cut recording: schemas are found in its data section
-                pass
+    for mcap in _described(layout, quiet):
         for schema_id, (encoding, text) in mcap.definitions.items():
             if text.strip() and schema_id in mcap.schemas:
                 out.setdefault(mcap.schemas[schema_id], (encoding, text))

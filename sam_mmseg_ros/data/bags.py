@@ -316,7 +316,7 @@ def bag_typestore(path: str | Path):
     return store, unknown
 
 
-def read_bag(path: str | Path, topics: Sequence[str] | None = None, report: BagReport | None = None,
+def read_bag(path: str | Path, topics: Sequence[str] | None = None, report: BagReport | None = None, *,
              store=None) -> Iterator[tuple[str, int, str, object]]:
     """(topic, record time ns, msgtype, deserialized rosbags message) in time order; damaged
     messages are skipped and recorded in `report`. `store` reads custom types (`bag_typestore`);

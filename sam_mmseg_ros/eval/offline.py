@@ -125,7 +125,8 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
     pending: dict[int, tuple[dict[str, np.ndarray], np.ndarray | None]] = {}
     bar = tqdm(total=total, desc=f"eval {len(subsets)} subsets", unit="frame", disable=not progress)
     damage = BagReport()  # damaged messages are skipped, counted and listed in the report's notes
-    for topic, stamp_ns, _msgtype, msg in read_bag(path, [*kinds, GROUND_TRUTH_TOPIC, CONDITION_TOPIC], damage, store):
+    for topic, stamp_ns, _msgtype, msg in read_bag(path, [*kinds, GROUND_TRUTH_TOPIC, CONDITION_TOPIC], damage,
+                                                   store=store):
         if topic == GROUND_TRUTH_TOPIC:
             if (labels := _ground_truth(msg, path, stamp_ns, damage)) is not None:
                 truth[stamp_to_ns(msg.header.stamp)] = labels
@@ -187,7 +188,7 @@ def bag_inputs(path: str | Path, found=None, store=None) -> dict[str, str]:
     inputs = {name: value for name, value in found.parameters.items() if name.endswith("_input")}
     depth = found.topics.get("depth")
     if depth is not None and recorded[depth] == "sensor_msgs/msg/Image":
-        for _topic, _t, _type, msg in read_bag(path, [depth], store):
+        for _topic, _t, _type, msg in read_bag(path, [depth], store=store):
             inputs["depth_input"] = "image" if str(msg.encoding) in IMAGE_INPUT_ENCODINGS else "depth"
             break
     return inputs
