@@ -7,6 +7,15 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from sam_mmseg_ros.contracts import IGNORE_LABEL, MODALITIES
 
+ADAPTERS = ("experts", "moda")
+"""Low-rank updates of the frozen encoder's q and v: one LoRA expert per modality (MLE-SAM), or
+those experts plus a pool of domain adapters, one per learned domain, chosen per frame inside the
+graph by a selector (CoSAM's MoDA, `model/domain_adapters.py`)."""
+MAX_DOMAINS = 32
+"""Domain adapters a model may hold: each is a full set of low-rank updates, all kept in the graph."""
+MAX_DOMAIN_TOKENS = 64
+"""Selector tokens (GFT + GAT) a model may hold; CoSAM uses 10."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -32,12 +41,18 @@ class ModelConfig:
     decoder_depth: int = 2
     decoder_heads: int = 8
     decoder_mlp_dim: int = 2048
+    adapters: str = "experts"  # one of ADAPTERS
+    domains: tuple[str, ...] = ()  # "moda": the learned domains, in the order they were learned
+    domain_tokens: int = 10  # "moda": selector tokens, one global feature token + assistant tokens
+    domain_split: int | None = None  # "moda": the selector reads blocks [0, split), the domain
+    # adapters update blocks [split, depth); None: through the first global-attention block
 
     def __post_init__(self) -> None:
         # Lists coming from JSON/YAML/checkpoints become tuples so the config stays hashable.
         object.__setattr__(self, "global_attn_indexes", tuple(int(i) for i in self.global_attn_indexes))
         object.__setattr__(self, "aux_block_indexes", tuple(int(i) for i in self.aux_block_indexes))
-        problems = []
+        object.__setattr__(self, "domains", tuple(str(d) for d in self.domains))
+        problems = self._adapter_problems()
         if self.img_size % self.patch_size:
             problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
@@ -55,11 +70,36 @@ class ModelConfig:
         if problems:
             raise ValueError(f"invalid ModelConfig {self.name!r}: " + "; ".join(problems))
 
+    def _adapter_problems(self) -> list[str]:
+        if self.adapters not in ADAPTERS:
+            return [f"adapters must be one of {ADAPTERS}, got {self.adapters!r}"]
+        if self.adapters != "moda":
+            return [] if not self.domains else [f"domains are only for 'moda' adapters, got {list(self.domains)}"]
+        problems = []
+        if not 1 <= len(self.domains) <= MAX_DOMAINS:
+            problems.append(f"'moda' adapters need 1 to {MAX_DOMAINS} domains, got {len(self.domains)}")
+        if len(set(self.domains)) != len(self.domains) or not all(d.isidentifier() for d in self.domains):
+            problems.append(f"domain names must be distinct identifiers, got {list(self.domains)}")
+        if not 1 <= self.domain_tokens <= MAX_DOMAIN_TOKENS:
+            problems.append(f"domain_tokens must be in [1, {MAX_DOMAIN_TOKENS}], got {self.domain_tokens}")
+        if not 1 <= self.selector_blocks < self.depth:
+            problems.append(f"domain_split must be in [1, {self.depth}) so the selector and the adapters "
+                            f"each get blocks, got {self.selector_blocks}")
+        return problems
+
+    @property
+    def selector_blocks(self) -> int:
+        """Leading encoder blocks the domain selector reads (the domain adapters update the rest)."""
+        if self.domain_split is not None:
+            return self.domain_split
+        return min(self.global_attn_indexes, default=0) + 1
+
     def to_dict(self) -> dict:
         """Plain types only (lists, ints, floats, str, None), safe for weights_only checkpoints."""
         d = asdict(self)
         d["global_attn_indexes"] = list(self.global_attn_indexes)
         d["aux_block_indexes"] = list(self.aux_block_indexes)
+        d["domains"] = list(self.domains)
         return d
 
     @classmethod
@@ -100,6 +140,10 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
     ),
 }
 """Official SAM encoder shapes; names match `segment_anything.sam_model_registry`."""
+MODEL_CONFIGS["tiny_moda"] = replace(MODEL_CONFIGS["tiny"], name="tiny_moda", adapters="moda",
+                                     domains=("sun", "cloud", "rain", "fog", "night"))
+"""The CPU-sized model with a domain adapter per synthetic weather condition (tests, benchmarks);
+`sam-mmseg train --continual` builds its own from the domains it learns."""
 
 
 OFFICIAL_MODELS = ("vit_b", "vit_l", "vit_h")
@@ -113,6 +157,7 @@ CONFIG_LIMITS: dict[str, float] = {
     **{name: max(getattr(MODEL_CONFIGS[m], name) for m in OFFICIAL_MODELS) for name in _LIMITED_FIELDS},
     "num_classes": IGNORE_LABEL,  # labels travel as mono8 and 255 means "ignore"
     "num_modalities": len(MODALITIES),
+    "domain_tokens": MAX_DOMAIN_TOKENS,
 }
 """Upper bound of every size a config from a file may declare: ViT-H's encoder, SAM's decoder,
 the paper's LoRA rank. A checkpoint asking for more (embed_dim 8192, depth 64: about 200 GB) is
@@ -123,7 +168,9 @@ MAX_LORA_ALPHA = 1e6
 """LoRA scale numerator: any real value is far below; larger ones only overflow fp16."""
 
 _FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "tuple[int, ...]": (list, tuple),
-                "int | None": (int, type(None))}
+                "tuple[str, ...]": (list, tuple), "int | None": (int, type(None))}
+MAX_NAME_LENGTH = 64
+"""Longest domain name a config from a file may declare."""
 
 
 def config_from_untrusted(data: object) -> ModelConfig:
@@ -145,6 +192,8 @@ def config_from_untrusted(data: object) -> ModelConfig:
             problems.append(f"{name} is a {type(value).__name__}, expected {kind}")
         elif kind == "tuple[int, ...]" and not all(type(i) is int for i in value):
             problems.append(f"{name} must hold integers only")
+        elif kind == "tuple[str, ...]" and not all(type(i) is str and len(i) <= MAX_NAME_LENGTH for i in value):
+            problems.append(f"{name} must hold strings of at most {MAX_NAME_LENGTH} characters only")
     if problems:
         raise ValueError("; ".join(problems))
     if data.get("name") not in MODEL_CONFIGS:
@@ -171,6 +220,8 @@ def _limit_problems(data: dict) -> list[str]:
     for name in ("global_attn_indexes", "aux_block_indexes"):
         if len(values[name]) > values["depth"]:
             problems.append(f"{name} lists {len(values[name])} blocks, the model has {values['depth']}")
+    if len(values["domains"]) > MAX_DOMAINS:
+        problems.append(f"domains lists {len(values['domains'])}, at most {MAX_DOMAINS} adapters are kept")
     return problems
 
 

@@ -56,14 +56,24 @@ class MoELoRAQKV(nn.Module):
             return out
         grouped = x.reshape(num_samples // self.num_experts, self.num_experts, -1, self.dim)
         # [B, M, N, dim] @ [M, dim, 2r] @ [M, 2r, 3*dim]: q and v experts in one pass, the
-        # block matrix (B_q | 0 | 0 ; 0 | 0 | B_v) is tiny, the token tensors are touched once.
-        a = torch.cat([self.lora_a_q, self.lora_a_v], dim=-1)
-        zeros = torch.zeros_like(self.lora_b_q)
-        b = torch.cat([torch.cat([self.lora_b_q, zeros, zeros], dim=-1),
-                       torch.cat([zeros, zeros, self.lora_b_v], dim=-1)], dim=1)
+        # token tensors are touched once.
+        a, b = qv_factors(self.lora_a_q, self.lora_b_q, self.lora_a_v, self.lora_b_v)
         delta = (grouped @ a) @ (b * self.scale)
         return out + delta.reshape(out.shape)
 
     def extra_repr(self) -> str:
         rank = self.lora_a_q.shape[-1] if self.num_experts else 0
         return f"dim={self.dim}, experts={self.num_experts}, rank={rank}"
+
+
+def qv_factors(a_q: torch.Tensor, b_q: torch.Tensor, a_v: torch.Tensor,
+               b_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-rank q and v updates of a fused qkv projection as one pair of factors.
+
+    a_* [..., dim, r], b_* [..., r, out] (any leading dims: experts, domains, frames) ->
+    A [..., dim, 2r] and B [..., 2r, 3*out], B being the tiny block matrix (B_q | 0 | 0 ; 0 | 0 | B_v),
+    so x @ A @ B updates q and v, leaves k, and reads the token tensor once."""
+    zeros = torch.zeros_like(b_q)
+    a = torch.cat([a_q, a_v], dim=-1)
+    b = torch.cat([torch.cat([b_q, zeros, zeros], dim=-1), torch.cat([zeros, zeros, b_v], dim=-1)], dim=-2)
+    return a, b

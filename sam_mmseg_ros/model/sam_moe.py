@@ -5,14 +5,21 @@ LoRA expert m -> router weights from the pooled per-modality embeddings -> fused
 (weighted sum + mean over present modalities) -> semantic mask decoder; the auxiliary head
 reads intermediate blocks fused the same way. `forward` is the engine contract (DESIGN.md §3)
 so ONNX export needs no wrapper: argmax and max-softmax are part of the graph.
+
+With `moda` adapters (config.adapters) a pool of domain adapters rides on the encoder pass
+(`model/domain_adapters.py`): a selector reading the first blocks picks each frame's domain, whose
+adapter updates the remaining blocks; `forward` adds the `domain` and `domain_confidence` outputs.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
 
 from sam_mmseg_ros.model.config import ModelConfig
+from sam_mmseg_ros.model.domain_adapters import DomainAdapterPool
 from sam_mmseg_ros.model.fusion import ModalityFusion
 from sam_mmseg_ros.model.heads import AuxiliaryHead, SemanticMaskDecoder
 from sam_mmseg_ros.model.image_encoder import ImageEncoderViT
@@ -56,6 +63,8 @@ class MoELoRASAM(nn.Module):
         )
         self.aux_head = AuxiliaryHead(config.embed_dim, len(config.aux_block_indexes), config.num_classes,
                                       config.out_chans // 2)
+        # Built last, so every other part gets the same initial weights with either adapters value.
+        self.domains = DomainAdapterPool(self.image_encoder, config) if config.adapters == "moda" else None
         self.set_encoder_trainable(False)
 
     def set_encoder_trainable(self, trainable: bool) -> None:
@@ -70,29 +79,46 @@ class MoELoRASAM(nn.Module):
         params = list(self.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
-    def _route(self, images: torch.Tensor, modality_mask: torch.Tensor):
-        """Encode all modalities as one batch, zero absent slots, weigh the present ones."""
+    def _domain_pass(self, frames: int, domain: torch.Tensor | None):
+        if self.domains is None:
+            return contextlib.nullcontext(None)
+        return self.domains.frames(frames, domain)
+
+    def _route(self, images: torch.Tensor, modality_mask: torch.Tensor, domain: torch.Tensor | None = None):
+        """Encode all modalities as one batch, zero absent slots, weigh the present ones.
+        `domain` [B] forces the frames' domain adapters (moda); else the selector chooses."""
         b, m, c, h, w = images.shape
-        embedding, block_features = self.image_encoder(images.reshape(b * m, c, h, w))
+        with self._domain_pass(b, domain) as domains:
+            embedding, block_features = self.image_encoder(images.reshape(b * m, c, h, w))
         embedding = embedding.reshape(b, m, *embedding.shape[1:])
         mask = modality_mask.to(embedding.dtype)
         embedding = embedding * mask.reshape(b, m, 1, 1, 1)
         weights = self.router(embedding, mask)
-        return self.fusion(embedding, weights, mask), block_features, weights, mask
+        return self.fusion(embedding, weights, mask), block_features, weights, mask, domains
 
-    def forward_logits(self, images: torch.Tensor, modality_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training path: {logits, aux_logits [B, num_classes, H, W], router_weights [B, M]}."""
+    def forward_logits(self, images: torch.Tensor, modality_mask: torch.Tensor,
+                       domain: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Training path: {logits, aux_logits [B, num_classes, H, W], router_weights [B, M]}, plus
+        domain_logits [B, D] and domain [B] (the adapters used) for a moda model, whose frames use
+        the adapters `domain` [B] names when given."""
         b, m, _, h, w = images.shape
-        fused, block_features, weights, mask = self._route(images, modality_mask)
+        fused, block_features, weights, mask, domains = self._route(images, modality_mask, domain)
         logits = self.decoder(fused, (h, w))
         fused_blocks = [self.fusion(f.reshape(b, m, *f.shape[1:]), weights, mask) for f in block_features]
-        return {"logits": logits, "aux_logits": self.aux_head(fused_blocks, (h, w)), "router_weights": weights}
+        out = {"logits": logits, "aux_logits": self.aux_head(fused_blocks, (h, w)), "router_weights": weights}
+        if domains is not None:
+            out.update(domain_logits=domains.logits, domain=domains.selected)
+        return out
 
     def forward(self, images: torch.Tensor, modality_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Engine contract: {labels int32 [B, H, W], confidence float32 [B, H, W],
-        router_weights float32 [B, M]}. The auxiliary head is not evaluated."""
+        router_weights float32 [B, M]}, plus domain int32 [B] and domain_confidence float32 [B]
+        for a moda model. The auxiliary head is not evaluated."""
         h, w = images.shape[-2:]
-        fused, _, weights, _ = self._route(images, modality_mask)
+        fused, _, weights, _, domains = self._route(images, modality_mask)
         logits = self.decoder(fused, (h, w))
         confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
-        return {"labels": labels.to(torch.int32), "confidence": confidence, "router_weights": weights.float()}
+        out = {"labels": labels.to(torch.int32), "confidence": confidence, "router_weights": weights.float()}
+        if domains is not None:
+            out.update(domain=domains.selected.to(torch.int32), domain_confidence=domains.confidence.float())
+        return out

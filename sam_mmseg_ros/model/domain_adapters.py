@@ -1,0 +1,230 @@
+"""Mixture of domain adapters (CoSAM's MoDA, arXiv 2412.06418) on the MoE-LoRA encoder.
+
+A vehicle meets domains one after another (a city, a season, night, fog). Trained in sequence,
+one set of weights forgets the earlier domains; MoDA keeps one adapter per learned domain next to
+a frozen SAM and picks, per frame, the adapter of the domain a selector recognises. A new domain
+adds an adapter and retrains the selector; every earlier adapter and the frozen weights stay as
+they are, bit for bit.
+
+What yangjl1215/CoSAM's code does, and what this module follows:
+- Selector (`TaskClassifier` + `Sam.forward(cls_token=...)`): 10 learned tokens join the token
+  sequence of the *frozen* SAM encoder in every block; the first token's output goes through one
+  linear layer to a domain. We read the first of them as the Global Feature Token (GFT, the
+  token classified) and the other nine as Global Assistant Tokens (GAT, registers that give the
+  attention somewhere to put what the GFT does not need). Followed: tokens through the frozen
+  blocks' own weights (no position, no relative-position bias, attention over every image token
+  even in windowed blocks, as CoSAM's global-attention path), one linear classifier on the GFT,
+  retrained from scratch after each domain on the replay buffer of every domain so far.
+- Replay buffer: `--buffer_size 10` frames per domain, used only to train the selector.
+  Followed (the buffer holds each frame's camera image; see `continual.py`).
+- Adapters: CoSAM's per-domain adapter is a whole trainable HQ-SAM decoder, chosen in Python per
+  image (`adapter_pool[predicted_task]`). Here an adapter is a set of LoRA updates of the
+  encoder's q and v, indexed by modality like the MoE-LoRA experts (`qv_factors` is shared with
+  `model/lora.py`), and the choice is a gather inside the graph: one static ONNX/TensorRT graph
+  holds every adapter, frames of a batch may use different ones, nothing branches in Python.
+
+What is simplified, and why:
+- The selector reads the first `config.selector_blocks` blocks of the same encoder pass that
+  segments the frame, instead of a second pass through the whole frozen encoder; the adapters
+  update the remaining blocks. The selector's input then does not depend on the choice it makes,
+  as in CoSAM, and choosing costs no second encoder pass (CoSAM's costs one per frame).
+- The tokens read only the camera image of each frame (the RGB slot, read after the shared
+  RGB expert of the earlier blocks): the camera is the clock, present in every frame the node
+  outputs, and the replay buffer then holds one image per frame, not four.
+- Image tokens do not attend to the GFT/GAT (CoSAM concatenates both ways in its selector-only
+  pass); here the image stream is the segmentation stream and must stay what it is.
+
+Batch layout: the encoder batch is every frame's modality images ordered (b, ..., m) as the
+MoE-LoRA experts want (TA-LoRA's (b, t, m) too); the RGB slot is the first image of each frame.
+Hooks on the encoder carry the per-frame choice from the selector's last block to the adapted
+projections within one `DomainAdapterPool.frames(...)` pass. Outside such a pass the hooks do
+nothing, so the encoder is the shared model (experts only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sam_mmseg_ros.model.config import ModelConfig
+from sam_mmseg_ros.model.lora import qv_factors
+
+
+class DomainSelector(nn.Module):
+    """GFT + GAT tokens that read the frozen encoder blocks, and the linear layer that names the
+    domain from the GFT."""
+
+    def __init__(self, embed_dim: int, num_tokens: int, num_domains: int) -> None:
+        super().__init__()
+        self.tokens = nn.Parameter(torch.randn(num_tokens, embed_dim))  # CoSAM: torch.randn
+        self.classifier = nn.Linear(embed_dim, num_domains)
+
+    def read(self, block: nn.Module, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """tokens [B, G, C] after one frozen ViT block: they attend to themselves and to every
+        token of `image` [B, H, W, C] (the block's input) with the block's own norm, q/k/v,
+        projection and MLP, SAM's weights only (no LoRA). The image is not changed."""
+        attn = block.attn
+        frames, count, dim = tokens.shape
+        heads = attn.num_heads
+        weight, bias = attn.qkv.weight, attn.qkv.bias
+        normed = block.norm1(tokens)
+        q, k, v = F.linear(normed, weight, bias).reshape(frames, count, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        # Keys and values of the image tokens: rows dim..3*dim of SAM's fused projection.
+        kv_image = F.linear(block.norm1(image).reshape(frames, -1, dim), weight[dim:],
+                            None if bias is None else bias[dim:])
+        k_image, v_image = kv_image.reshape(frames, -1, 2, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        keys, values = torch.cat([k, k_image], dim=2), torch.cat([v, v_image], dim=2)
+        # Plain softmax(QK^T)V: G = 10 queries, and the form every exporter and engine takes.
+        scores = (q * (dim // heads) ** -0.5) @ keys.transpose(-2, -1)
+        out = (scores.softmax(dim=-1) @ values).transpose(1, 2).reshape(frames, count, dim)
+        tokens = tokens + attn.proj(out)
+        return tokens + block.mlp(block.norm2(tokens))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Domain logits [B, D] from the tokens after the last block read."""
+        return self.classifier(tokens[:, 0])
+
+
+class DomainAdapter(nn.Module):
+    """One domain's LoRA updates of q and v: per adapted block and per modality, like the experts.
+
+    A [L, M, dim, r] with nn.Linear's (and peft's LoRA A) init, B [L, M, r, out] zero: a new
+    adapter changes nothing until it is trained, unless it starts as a copy of another."""
+
+    def __init__(self, blocks: int, modalities: int, dim: int, out_dim: int, rank: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(dim)  # kaiming_uniform(a=sqrt(5)) with fan_in = dim
+        self.a_q = nn.Parameter(torch.empty(blocks, modalities, dim, rank).uniform_(-bound, bound))
+        self.b_q = nn.Parameter(torch.zeros(blocks, modalities, rank, out_dim))
+        self.a_v = nn.Parameter(torch.empty(blocks, modalities, dim, rank).uniform_(-bound, bound))
+        self.b_v = nn.Parameter(torch.zeros(blocks, modalities, rank, out_dim))
+
+
+@dataclass
+class DomainPass:
+    """What one encoder pass knows about its frames' domains; read it after the pass."""
+
+    frames: int
+    forced: torch.Tensor | None  # int64 [B]: use these adapters (training), else the selector's
+    tokens: torch.Tensor | None = None  # GFT + GAT [B, G, C] while the selector blocks run
+    logits: torch.Tensor | None = None  # [B, D]
+    selected: torch.Tensor | None = None  # int64 [B], the adapter each frame used
+    confidence: torch.Tensor | None = None  # float32 [B], selector probability of `selected`
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None  # gathered A [B, L, M, dim, 2r], B
+
+
+class DomainAdapterPool(nn.Module):
+    """The adapters of every learned domain and the selector, hooked into a ViT encoder.
+
+    `config.domains` names the adapters in the order they were learned. `pinned` (-1: the
+    selector decides) makes every frame use one adapter, inside the graph: an exported model keeps
+    its pin as a constant.
+    """
+
+    def __init__(self, encoder: nn.Module, config: ModelConfig) -> None:
+        super().__init__()
+        blocks = list(getattr(encoder, "blocks", ()))
+        split = config.selector_blocks
+        if not blocks or not all(hasattr(b, "norm1") and hasattr(getattr(b, "attn", None), "qkv") for b in blocks):
+            raise ValueError(f"domain adapters need a SAM ViT encoder, not {type(encoder).__name__}")
+        if not 1 <= split < len(blocks):
+            raise ValueError(f"the selector reads {split} of {len(blocks)} blocks: none would be left to adapt")
+        self.names = tuple(config.domains)
+        self.split = split
+        self.num_modalities = config.num_modalities
+        self.scale = config.lora_alpha / config.lora_rank
+        self.selector = DomainSelector(config.embed_dim, config.domain_tokens, len(self.names))
+        out_dim = blocks[split].attn.qkv.weight.shape[0] // 3
+        self.adapters = nn.ModuleList(
+            DomainAdapter(len(blocks) - split, config.num_modalities, config.embed_dim, out_dim, config.lora_rank)
+            for _ in self.names)
+        self.register_buffer("pinned", torch.tensor(-1, dtype=torch.long), persistent=False)
+        self._pass: DomainPass | None = None
+        for block in blocks[:split]:
+            block.register_forward_pre_hook(self._read)
+        blocks[split - 1].register_forward_hook(self._select)
+        for index, block in enumerate(blocks[split:]):
+            block.attn.qkv.register_forward_hook(functools.partial(self._adapt, index))
+
+    def index(self, name: str) -> int:
+        if name not in self.names:
+            raise ValueError(f"unknown domain {name!r}; this model knows {list(self.names)}")
+        return self.names.index(name)
+
+    def pin(self, name: str | None) -> None:
+        """Use `name`'s adapter for every frame (None: let the selector choose)."""
+        self.pinned.fill_(-1 if name is None else self.index(name))
+
+    @property
+    def pinned_name(self) -> str | None:
+        index = int(self.pinned)
+        return None if index < 0 else self.names[index]
+
+    @contextlib.contextmanager
+    def frames(self, num_frames: int, domain: torch.Tensor | None = None) -> Iterator[DomainPass]:
+        """Within the block, encoder calls are one pass over `num_frames` frames; `domain` [B]
+        forces their adapters (training a domain on its own frames). Yields the pass record."""
+        if self._pass is not None:
+            raise RuntimeError("domain passes do not nest")
+        self._pass = DomainPass(num_frames, domain)
+        try:
+            yield self._pass
+        finally:
+            self._pass = None
+
+    # ------------------------------------------------------------------------ hooks
+
+    def _read(self, block: nn.Module, args: tuple) -> None:
+        """Before a selector block: the tokens read its input's RGB slot."""
+        state = self._pass
+        if state is None:
+            return
+        x = args[0]  # [S, H, W, C], S = frames x (task paths x) modalities, RGB first per frame
+        image = x.reshape(state.frames, -1, *x.shape[1:])[:, 0]
+        tokens = state.tokens if state.tokens is not None else self.selector.tokens.expand(state.frames, -1, -1)
+        state.tokens = self.selector.read(block, tokens.to(x.dtype), image)
+
+    def _select(self, block: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        """After the last selector block: each frame's domain, and its adapter's factors."""
+        state = self._pass
+        if state is None:
+            return
+        logits = self.selector(state.tokens)
+        probs = logits.float().softmax(dim=-1)
+        if state.forced is not None:
+            selected = state.forced.to(device=logits.device, dtype=torch.long)
+        else:
+            selected = torch.where(self.pinned >= 0, self.pinned, probs.argmax(dim=-1))
+        state.logits, state.selected = logits, selected
+        state.confidence = probs.gather(1, selected[:, None])[:, 0]
+        stacked = [torch.stack([getattr(adapter, name) for adapter in self.adapters])[selected]
+                   for name in ("a_q", "b_q", "a_v", "b_v")]  # each [B, L, M, ...]: a gather
+        a, b = qv_factors(*stacked)
+        state.factors = (a.to(output.dtype), (b * self.scale).to(output.dtype))
+
+    def _adapt(self, layer: int, qkv: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        """After an adapted block's qkv projection: add each frame's domain update."""
+        state = self._pass
+        if state is None:
+            return None
+        x, num_samples = args[0], args[1]
+        dim = x.shape[-1]
+        per_frame = num_samples // state.frames  # task paths x modalities
+        grouped = x.reshape(state.frames, per_frame // self.num_modalities, self.num_modalities, -1, dim)
+        a, b = state.factors
+        # [B, T, M, N, dim] @ [B, 1, M, dim, 2r] @ [B, 1, M, 2r, 3*out]
+        delta = (grouped @ a[:, layer, None]) @ b[:, layer, None]
+        return output + delta.reshape(output.shape)
+
+
+def domain_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of `model`'s domain pool (adapters and selector); [] without one."""
+    pool = getattr(model, "domains", None)
+    return list(pool.parameters()) if pool is not None else []
