@@ -17,6 +17,10 @@ MODALITY_INDEX: dict[str, int] = {name: i for i, name in enumerate(MODALITIES)}
 
 ENGINE_INPUTS: tuple[str, ...] = ("images", "modality_mask")
 ENGINE_OUTPUTS: tuple[str, ...] = ("labels", "confidence", "router_weights")
+OPTIONAL_ENGINE_OUTPUTS: tuple[str, ...] = ("depth", "domain", "domain_confidence")
+"""Outputs some models add after ENGINE_OUTPUTS, in this order: dense metric depth (multi-task
+models); the domain adapter each frame used and the selector's probability of it (domain-adapter
+models)."""
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

@@ -49,6 +49,7 @@ class _Request:
     allow_build: bool
     cache_dir: Path
     log: logging.Logger
+    domain: str | None = None
 
     @property
     def device_index(self) -> int:
@@ -60,10 +61,17 @@ class _Request:
     def onnx(self, precision: str) -> Path:
         """The ONNX file to run: the one given, else this checkpoint's cached export."""
         if self.onnx_path is not None:
+            from sam_mmseg_ros.engine.export import read_metadata
+
+            pinned = read_metadata(self.onnx_path).get("domain_pin")
+            if self.domain is not None and pinned != self.domain:
+                raise ValueError(f"{self.onnx_path} was exported with domain {pinned!r}, {self.domain!r} was "
+                                 "requested; export it with `sam-mmseg export --domain`")
             return Path(self.onnx_path)
         from sam_mmseg_ros.engine.export import cached_export
 
-        return cached_export(self.checkpoint, self.cache_dir, precision=precision, input_size=self.input_size)
+        return cached_export(self.checkpoint, self.cache_dir, precision=precision, input_size=self.input_size,
+                             domain=self.domain)
 
 
 def _tensorrt(req: _Request) -> Backend:
@@ -73,8 +81,12 @@ def _tensorrt(req: _Request) -> Backend:
 
     probe(req.device_index)  # before any export: fail fast without TensorRT or a GPU
     if req.engine_path is not None and req.onnx_path is None and req.checkpoint is None:
-        return TensorRTBackend.from_engine(req.engine_path, trusted=req.engine_trusted, precision=req.precision,
-                                           device_index=req.device_index, logger=req.log)
+        backend = TensorRTBackend.from_engine(req.engine_path, trusted=req.engine_trusted, precision=req.precision,
+                                              device_index=req.device_index, logger=req.log)
+        if req.domain is not None and backend.metadata.get("domain_pin") != req.domain:
+            raise ValueError(f"{req.engine_path} was built with domain {backend.metadata.get('domain_pin')!r}, "
+                             f"{req.domain!r} was requested")
+        return backend
     return TensorRTBackend.from_onnx(req.onnx(req.precision), engine_path=req.engine_path, cache_dir=req.cache_dir,
                                      allow_build=req.allow_build, device_index=req.device_index, logger=req.log)
 
@@ -111,7 +123,7 @@ def _torch(req: _Request) -> Backend:
 
     device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = req.precision if device.startswith("cuda") else "fp32"
-    return TorchBackend.from_checkpoint(req.checkpoint, device, precision)
+    return TorchBackend.from_checkpoint(req.checkpoint, device, precision, domain=req.domain)
 
 
 _CREATORS = {
@@ -127,7 +139,7 @@ def create_backend(kind: str = "auto", *, checkpoint: str | os.PathLike | None =
                    engine_trusted: bool = False, precision: str = "fp16", device: str | None = None,
                    input_size: tuple[int, int] | None = None, allow_build: bool = True,
                    cache_dir: str | os.PathLike | None = None,
-                   logger: logging.Logger | None = None) -> Backend:
+                   logger: logging.Logger | None = None, domain: str | None = None) -> Backend:
     """The best usable backend of `kind` (see KINDS), logging the choice and, for `auto`, why
     each better candidate was unavailable.
 
@@ -137,7 +149,9 @@ def create_backend(kind: str = "auto", *, checkpoint: str | os.PathLike | None =
     without a record loads only with `engine_trusted=True` (logged as unchecked).
     `precision` applies to GPU backends; CPU backends run fp32. `device`: None (best), "cpu",
     "cuda" or "cuda:N". `allow_build=False` makes a missing or stale TensorRT engine an
-    error (a reason to fall back, for `auto`) instead of a build of several minutes.
+    error (a reason to fall back, for `auto`) instead of a build of several minutes. `domain`
+    pins a domain-adapter model to that domain's adapter (None: its selector chooses per frame);
+    the pin is part of the exported graph, so a pinned model is exported (and cached) on its own.
     """
     from sam_mmseg_ros.engine.engine_cache import default_cache_dir
 
@@ -148,7 +162,7 @@ def create_backend(kind: str = "auto", *, checkpoint: str | os.PathLike | None =
     log = logger or LOG
     req = _Request(checkpoint, onnx_path, engine_path, engine_trusted, precision, device,
                    tuple(int(v) for v in input_size) if input_size else None, allow_build,
-                   Path(cache_dir) if cache_dir is not None else default_cache_dir(), log)
+                   Path(cache_dir) if cache_dir is not None else default_cache_dir(), log, domain)
     candidates = KINDS[kind]
     skipped: list[str] = []
     for candidate in candidates:

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from sam_mmseg_ros.contracts import ENGINE_OUTPUTS, InputError
+from sam_mmseg_ros.contracts import ENGINE_OUTPUTS, OPTIONAL_ENGINE_OUTPUTS, InputError
 
 
 @runtime_checkable
@@ -30,7 +30,8 @@ class Backend(Protocol):
 
     def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:
         """images float32 [1, M, 3, H, W], modality_mask float32 [1, M] ->
-        {labels int32 [1, H, W], confidence float32 [1, H, W], router_weights float32 [1, M]}."""
+        {labels int32 [1, H, W], confidence float32 [1, H, W], router_weights float32 [1, M]},
+        plus the model's optional outputs (`output_specs`)."""
         ...
 
 
@@ -68,15 +69,38 @@ def validate_inputs(images: np.ndarray, modality_mask: np.ndarray, input_shape: 
         raise InputError("images contain NaN or Inf")
 
 
-def check_outputs(outputs: dict[str, np.ndarray], input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Check a backend's outputs against the contract (names, dtypes, shapes); returns them."""
+def output_specs(input_shape: tuple[int, ...]) -> dict[str, tuple[type, tuple[int, ...]]]:
+    """(dtype, shape) of every engine output a model may have (DESIGN.md §3), for `input_shape`."""
     batch, modalities, _, height, width = input_shape
-    expected = {
+    return {
         "labels": (np.int32, (batch, height, width)),
         "confidence": (np.float32, (batch, height, width)),
         "router_weights": (np.float32, (batch, modalities)),
+        "depth": (np.float32, (batch, height, width)),
+        "domain": (np.int32, (batch,)),
+        "domain_confidence": (np.float32, (batch,)),
     }
-    for name in ENGINE_OUTPUTS:
+
+
+def output_names(names) -> tuple[str, ...]:
+    """`names` (an engine's or a model's outputs) when they are ENGINE_OUTPUTS followed by some of
+    OPTIONAL_ENGINE_OUTPUTS, in contract order; raises ValueError naming what is wrong."""
+    names = tuple(names)
+    optional = names[len(ENGINE_OUTPUTS):]
+    if names[:len(ENGINE_OUTPUTS)] != ENGINE_OUTPUTS or \
+            optional != tuple(n for n in OPTIONAL_ENGINE_OUTPUTS if n in optional):
+        raise ValueError(f"outputs {list(names)} are not {list(ENGINE_OUTPUTS)} followed by some of "
+                         f"{list(OPTIONAL_ENGINE_OUTPUTS)} in that order")
+    return names
+
+
+def check_outputs(outputs: dict[str, np.ndarray], input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Check a backend's outputs against the contract (names, dtypes, shapes); returns them."""
+    expected = output_specs(input_shape)
+    unknown = sorted(set(outputs) - set(expected))
+    if unknown:
+        raise RuntimeError(f"backend outputs {unknown} are not in the engine contract")
+    for name in (*ENGINE_OUTPUTS, *(n for n in OPTIONAL_ENGINE_OUTPUTS if n in outputs)):
         dtype, shape = expected[name]
         if name not in outputs:
             raise RuntimeError(f"backend output {name!r} is missing (got {sorted(outputs)})")

@@ -29,6 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS, IMAGENET_MEAN, IMAGENET_STD, MODALITIES
+from sam_mmseg_ros.engine.base import output_names
 from sam_mmseg_ros.engine.exporter_output import exporter_output_at_debug
 
 LOG = logging.getLogger(__name__)
@@ -214,14 +215,16 @@ def export_model(model, output: str | os.PathLike, *, input_size: tuple[int, int
     images = torch.rand(1, num_modalities, 3, height, width, generator=generator)
     modality_mask = torch.ones(1, num_modalities)
     model = model.eval().float().cpu()
+    with torch.no_grad():
+        names = output_names(model(images, modality_mask))  # the contract's, plus the model's optional ones
     with torch.no_grad(), exporter_output_at_debug():
         program = torch.onnx.export(
             model, (images, modality_mask), None, dynamo=True, optimize=True, opset_version=opset,
-            input_names=list(ENGINE_INPUTS), output_names=list(ENGINE_OUTPUTS), external_data=False,
+            input_names=list(ENGINE_INPUTS), output_names=list(names), external_data=False,
             verbose=False,
         )
     proto = program.model_proto
-    _check_io(proto, num_modalities, height, width)
+    _check_io(proto, num_modalities, height, width, names)
     full_metadata = {
         **metadata,
         "input_size": [height, width],
@@ -261,32 +264,36 @@ def save_onnx(proto: onnx.ModelProto, output: str | os.PathLike, *, metadata: di
     return output
 
 
-def _check_io(proto: onnx.ModelProto, num_modalities: int, height: int, width: int) -> None:
+def _check_io(proto: onnx.ModelProto, num_modalities: int, height: int, width: int,
+              outputs: tuple[str, ...] = ENGINE_OUTPUTS) -> None:
     """The exported graph must match the engine contract exactly (names, dtypes, static shapes)."""
     from sam_mmseg_ros.engine.onnx_check import contract_problems
 
     sizes, problems = contract_problems(proto.graph)
     if sizes != (num_modalities, height, width):
         problems.append(f"sizes (M, H, W) are {sizes}, expected {(num_modalities, height, width)}")
+    if [o.name for o in proto.graph.output] != list(outputs):
+        problems.append(f"outputs are {[o.name for o in proto.graph.output]}, expected {list(outputs)}")
     if problems:
         raise RuntimeError("exported graph does not match the engine contract: " + "; ".join(problems))
 
 
 def export_checkpoint(checkpoint: str | os.PathLike | None, output: str | os.PathLike, *, precision: str = "fp32",
-                      input_size: tuple[int, int] | None = None, opset: int = OPSET) -> Path:
+                      input_size: tuple[int, int] | None = None, opset: int = OPSET, domain: str | None = None) -> Path:
     """Load a checkpoint (None: the shipped default, else a random untrained tiny model) and
-    export it with its metadata."""
+    export it with its metadata; `domain` pins a domain-adapter model's adapter in the graph."""
     from sam_mmseg_ros.engine.torch_backend import TorchBackend
 
-    backend = TorchBackend.from_checkpoint(checkpoint, "cpu")
+    backend = TorchBackend.from_checkpoint(checkpoint, "cpu", domain=domain)
     size = tuple(input_size) if input_size else tuple(backend.metadata["input_size"])
     metadata = {**backend.metadata, "input_size": list(size)}
     return export_model(backend.model, output, input_size=size, metadata=metadata, precision=precision, opset=opset)
 
 
 def cached_export(checkpoint: str | os.PathLike | None, cache_dir: str | os.PathLike, *, precision: str,
-                  input_size: tuple[int, int] | None = None) -> Path:
-    """Export once per (checkpoint content, precision, size) into `<cache_dir>/onnx/` and reuse it.
+                  input_size: tuple[int, int] | None = None, domain: str | None = None) -> Path:
+    """Export once per (checkpoint content, precision, size, pinned domain) into `<cache_dir>/onnx/`
+    and reuse it.
 
     The key is the checkpoint file's sha256 (for no checkpoint, the default model's hash), so a
     checkpoint replaced in place is noticed. fp16 is derived from the cached fp32 export.
@@ -302,7 +309,8 @@ def cached_export(checkpoint: str | os.PathLike | None, cache_dir: str | os.Path
 
         identity = TorchBackend.from_checkpoint(None, "cpu").metadata["model_hash"]
     size = "x".join(str(int(v)) for v in input_size) if input_size else "native"
-    path = Path(cache_dir) / "onnx" / f"model-{identity[:16]}-{precision}-{size}.onnx"
+    pin = f"-domain-{domain}" if domain else ""
+    path = Path(cache_dir) / "onnx" / f"model-{identity[:16]}-{precision}-{size}{pin}.onnx"
     if path.is_file():
         try:
             onnx.checker.check_model(str(path))
@@ -311,10 +319,10 @@ def cached_export(checkpoint: str | os.PathLike | None, cache_dir: str | os.Path
         except (onnx.checker.ValidationError, OSError) as exc:
             LOG.warning("cached ONNX %s is unusable (%s); exporting again", path, exc)
     if precision == "fp16":
-        fp32 = cached_export(checkpoint, cache_dir, precision="fp32", input_size=input_size)
+        fp32 = cached_export(checkpoint, cache_dir, precision="fp32", input_size=input_size, domain=domain)
         return convert_file_to_fp16(fp32, path)
     LOG.info("exporting %s to ONNX (%s), once for this checkpoint", checkpoint or "the default model", precision)
-    return export_checkpoint(checkpoint, path, precision=precision, input_size=input_size)
+    return export_checkpoint(checkpoint, path, precision=precision, input_size=input_size, domain=domain)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -329,11 +337,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="static input size (default: the model's)")
     parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (>= 17)")
+    parser.add_argument("--domain", default=None,
+                        help="domain-adapter models: use this domain's adapter for every frame (default: the "
+                             "selector chooses per frame)")
 
 
 def run(args: argparse.Namespace) -> int:
     path = export_checkpoint(args.checkpoint, args.output, precision=args.precision,
-                             input_size=args.input_size, opset=args.opset)
+                             input_size=args.input_size, opset=args.opset, domain=args.domain)
     meta = read_metadata(path)
     print(f"wrote {path}: {meta['precision']}, input {meta['input_size']}, modalities {meta['modalities']}, "
           f"{len(meta.get('classes', []))} classes, model {str(meta.get('model_hash', '?'))[:12]}"

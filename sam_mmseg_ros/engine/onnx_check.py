@@ -21,15 +21,17 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto
 
-from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS, MODALITIES, BadFileError
+from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS, MODALITIES, OPTIONAL_ENGINE_OUTPUTS, BadFileError
+from sam_mmseg_ros.engine.base import output_specs
 
 MAX_INPUT_SIDE = 4096
 """Largest input height or width accepted: four times the official models' 1024."""
 
-_FLOAT, _INT32 = TensorProto.FLOAT, TensorProto.INT32
+_FLOAT = TensorProto.FLOAT
 
 
 class OnnxFileError(BadFileError):
@@ -39,15 +41,11 @@ class OnnxFileError(BadFileError):
 def _contract_spec(m: int, h: int, w: int) -> tuple[dict[str, tuple[int, list[int]]], dict[str, tuple[int, list[int]]]]:
     """(required, optional) tensors of the engine contract for M modalities at HxW: name ->
     (ONNX element type, shape). Inputs and the first outputs are required, in ENGINE_* order."""
-    required = {
-        "images": (_FLOAT, [1, m, 3, h, w]),
-        "modality_mask": (_FLOAT, [1, m]),
-        "labels": (_INT32, [1, h, w]),
-        "confidence": (_FLOAT, [1, h, w]),
-        "router_weights": (_FLOAT, [1, m]),
-    }
-    optional = {"depth": (_FLOAT, [1, h, w]), "domain": (_INT32, [1]), "domain_confidence": (_FLOAT, [1])}
-    return required, optional
+    outputs = {name: (onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), list(shape))
+               for name, (dtype, shape) in output_specs((1, m, 3, h, w)).items()}
+    required = {"images": (_FLOAT, [1, m, 3, h, w]), "modality_mask": (_FLOAT, [1, m]),
+                **{name: outputs[name] for name in ENGINE_OUTPUTS}}
+    return required, {name: outputs[name] for name in OPTIONAL_ENGINE_OUTPUTS}
 
 
 def _signature(value_info: onnx.ValueInfoProto) -> tuple[int, list]:

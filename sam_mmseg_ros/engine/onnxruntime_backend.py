@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam_mmseg_ros.contracts import ENGINE_OUTPUTS
-from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, validate_inputs
+from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, output_names, validate_inputs
 from sam_mmseg_ros.engine.export import decode_metadata
 from sam_mmseg_ros.engine.onnx_check import check_onnx_file
 
@@ -87,6 +86,8 @@ class OnnxRuntimeBackend(DummyFrameWarmup):
 
         self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         self.precision = str(self.metadata.get("precision", "fp32"))
+        # The contract's outputs, then the model's optional ones (checked by check_onnx_file), in order.
+        self.output_names = output_names(o.name for o in self.session.get_outputs())
         self._log.info("ONNX Runtime %s: %s (%s) on providers %s", ort.__version__, self.onnx_path.name,
                        self.precision, self.providers)
 
@@ -117,5 +118,5 @@ class OnnxRuntimeBackend(DummyFrameWarmup):
 
     def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:
         validate_inputs(images, modality_mask, self.input_shape)
-        values = self.session.run(list(ENGINE_OUTPUTS), {"images": images, "modality_mask": modality_mask})
-        return check_outputs(dict(zip(ENGINE_OUTPUTS, values, strict=True)), self.input_shape)
+        values = self.session.run(list(self.output_names), {"images": images, "modality_mask": modality_mask})
+        return check_outputs(dict(zip(self.output_names, values, strict=True)), self.input_shape)

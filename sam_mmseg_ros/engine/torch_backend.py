@@ -50,7 +50,7 @@ class TorchBackend(DummyFrameWarmup):
     name = "torch"
 
     def __init__(self, model: MoELoRASAM, device: str = "cpu", precision: str = "fp32",
-                 metadata: dict | None = None) -> None:
+                 metadata: dict | None = None, domain: str | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device)
@@ -59,6 +59,10 @@ class TorchBackend(DummyFrameWarmup):
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 needs a CUDA device (CPU autocast to fp16 is slower than fp32)")
         self.precision = precision
+        if domain is not None and model.domains is None:
+            raise ValueError(f"domain {domain!r} was requested but the model has no domain adapters")
+        if model.domains is not None:
+            model.domains.pin(domain)  # None: the selector chooses per frame
         self.model = model.eval().to(self.device)
         config = model.config
         self.input_shape = (1, config.num_modalities, 3, config.img_size, config.img_size)
@@ -67,6 +71,8 @@ class TorchBackend(DummyFrameWarmup):
             "modalities": list(MODALITIES[: config.num_modalities]),
             "input_size": [config.img_size, config.img_size],
             "model": config.to_dict(),
+            "domains": list(config.domains),
+            "domain_pin": domain,
             "trained": True,
             "encodings": dict(NATIVE),  # a model built here is untrained or trained by the caller
             **(metadata or {}),
@@ -76,9 +82,10 @@ class TorchBackend(DummyFrameWarmup):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "cpu",
-                        precision: str = "fp32") -> TorchBackend:
+                        precision: str = "fp32", domain: str | None = None) -> TorchBackend:
         """Load `path`; None means the checkpoint shipped with the package, or, when there is
-        none, a randomly initialised `tiny` model with metadata trained=False."""
+        none, a randomly initialised `tiny` model with metadata trained=False. `domain` pins a
+        domain-adapter model to one adapter (None: its selector chooses per frame)."""
         from sam_mmseg_ros.model.checkpoint import default_checkpoint_path, load_checkpoint
 
         path = Path(path) if path is not None else default_checkpoint_path()
@@ -89,13 +96,13 @@ class TorchBackend(DummyFrameWarmup):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(UNTRAINED_SEED)
                 model = build_model(UNTRAINED_MODEL)
-            return cls(model, device, precision, metadata={"trained": False, "checkpoint": None})
+            return cls(model, device, precision, metadata={"trained": False, "checkpoint": None}, domain=domain)
         model, extra = load_checkpoint(path, map_location="cpu")
         # What each slot was trained on (none recorded: the native encoders, the only ones before
         # the record existed); checked, and refused if unknown, where the inputs are made.
         metadata = {"trained": bool(extra.get("trained", True)), "checkpoint": str(path),
                     "model_hash": file_sha256(path), "encodings": extra.get("encodings", NATIVE)}
-        return cls(model, device, precision, metadata=metadata)
+        return cls(model, device, precision, metadata=metadata, domain=domain)
 
     def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:
         validate_inputs(images, modality_mask, self.input_shape)
