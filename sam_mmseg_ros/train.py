@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from sam_mmseg_ros.contracts import IGNORE_LABEL, MODALITY_INDEX
 from sam_mmseg_ros.data.dataset import modality_dropout
+from sam_mmseg_ros.model.domain_adapters import learn_domain
 from sam_mmseg_ros.model.losses import SegmentationLoss
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class TrainConfig:
     rgb_only: bool = False  # feed only the RGB slot (encoder pretraining)
     train_encoder: bool = False  # False: SAM encoder frozen, only experts, router and heads train
     train_experts: bool = True  # False keeps the LoRA experts at their init (encoder pretraining)
+    domain: str | None = None  # moda models: train this domain's adapter on its frames (continual.py)
     aux_weight: float = 0.4
     ohem_thresh: float = 0.7
     checkpoint_every: int = 500
@@ -139,14 +141,20 @@ def _start_runtime(requested_device: str) -> _Runtime:
 
 class _LogitsForward(nn.Module):
     """DDP wraps `forward`; training needs `forward_logits` (the model's `forward` is the
-    inference contract), so this adapter makes it the wrapped call."""
+    inference contract), so this adapter makes it the wrapped call. With `domain` (an adapter
+    index of a moda model) every frame uses that domain's adapter: the frames of the domain being
+    learned."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, domain: int | None = None):
         super().__init__()
         self.model = model
+        self.domain = domain
 
     def forward(self, images: torch.Tensor, modality_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model.forward_logits(images, modality_mask)
+        if self.domain is None:
+            return self.model.forward_logits(images, modality_mask)
+        domain = torch.full((images.shape[0],), self.domain, dtype=torch.long, device=images.device)
+        return self.model.forward_logits(images, modality_mask, domain=domain)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -341,6 +349,7 @@ def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, r
     model.set_encoder_trainable(config.train_encoder)
     for p in model.image_encoder.lora_parameters():
         p.requires_grad_(config.train_experts)
+    domain = None if config.domain is None else learn_domain(model, config.domain)
     model.to(runtime.device).train()
     if runtime.is_main:
         trainable, total = model.parameter_counts()
@@ -358,7 +367,7 @@ def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, r
         _restore_rng_states(state["rng"], runtime)
         start_step = int(state["step"])
         log.info("resumed from %s at step %d", config.resume, start_step)
-    wrapped: nn.Module = _LogitsForward(model)
+    wrapped: nn.Module = _LogitsForward(model, domain)
     if runtime.distributed:
         # Every trainable parameter takes part in every step, even with modalities dropped: the
         # experts are stacked per modality in one tensor and absent slots are masked, not
@@ -525,7 +534,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, help="square model input size (multiple of 16)")
     parser.add_argument("--sam-checkpoint", help="official SAM checkpoint (.pth) for the image encoder")
     parser.add_argument("--init-checkpoint", help="start from the weights of one of our checkpoints")
-    parser.add_argument("--steps", type=int, help="optimizer steps (with --preset: of every stage)")
+    parser.add_argument("--steps", type=int, help="optimizer steps (with --preset: of every stage; with "
+                        "--continual: per domain)")
+    parser.add_argument("--warmup-steps", type=int, help="steps of linear LR warmup")
     parser.add_argument("--batch-size", type=int, help="per process")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--modality-dropout", type=float, metavar="P",
@@ -542,10 +553,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help=f"continue a run (default checkpoint: OUT/{LAST_CHECKPOINT}; with --preset: "
                              f"skip finished stages, continue the interrupted one)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    continual = parser.add_argument_group(
+        "continual learning", "learn domains one after another (sam_mmseg_ros/continual.py); the options "
+        "above apply to every domain's run, --init-checkpoint may be a moda checkpoint to add domains to")
+    continual.add_argument("--continual", metavar="DOMAINS",
+                           help="comma list of domains in learning order: synthetic conditions "
+                                "(sun,cloud,rain,fog,night) or DELIVER conditions")
+    continual.add_argument("--continual-method", choices=("moda", "naive", "joint"), default="moda",
+                           help="moda: an adapter per domain and a selector (CoSAM); naive: fine-tune one model "
+                                "in turn; joint: one model on all domains at once, steps x domains steps")
+    continual.add_argument("--buffer-size", type=int, default=10,
+                           help="moda: replay frames kept per domain to train the selector")
 
 
-_CONFIG_ARGS = ("model", "img_size", "sam_checkpoint", "init_checkpoint", "steps", "batch_size", "lr",
-                "modality_dropout", "train_encoder", "amp", "checkpoint_every", "num_workers", "seed",
+_CONFIG_ARGS = ("model", "img_size", "sam_checkpoint", "init_checkpoint", "steps", "warmup_steps", "batch_size",
+                "lr", "modality_dropout", "train_encoder", "amp", "checkpoint_every", "num_workers", "seed",
                 "device", "out_dir", "progress")
 
 
@@ -577,6 +599,12 @@ def _datasets(kind: str, args: argparse.Namespace, img_size: int, data: dict) ->
 
 def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in _CONFIG_ARGS if getattr(args, name, None) is not None}
+    if getattr(args, "continual", None):
+        if args.preset or args.resume is not None:
+            raise SystemExit("--continual runs its own stages: it takes neither --preset nor --resume")
+        from sam_mmseg_ros import continual
+
+        return continual.run(args, overrides)
     preset = PRESETS[args.preset] if args.preset else None
     kind = args.dataset or (preset.dataset["dataset"] if preset else "deliver")
     img_size = overrides.get("img_size") or (preset.base.get("img_size") if preset else TrainConfig.img_size)

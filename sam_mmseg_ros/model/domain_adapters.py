@@ -224,7 +224,22 @@ class DomainAdapterPool(nn.Module):
         return output + delta.reshape(output.shape)
 
 
-def domain_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Every parameter of `model`'s domain pool (adapters and selector); [] without one."""
+def learn_domain(model: nn.Module, name: str) -> int:
+    """Make `model` ready to learn domain `name`: only that domain's adapter trains, plus, for the
+    first domain, the shared parts a plain model trains (those requiring grad now: experts, router,
+    heads). Every other adapter, the selector (trained apart, on the replay buffer) and the frozen
+    weights get no gradient, so learning a domain leaves them bit-identical. Returns its index."""
     pool = getattr(model, "domains", None)
-    return list(pool.parameters()) if pool is not None else []
+    if pool is None:
+        raise ValueError(f"domain {name!r}: the model has no domain adapters (config adapters 'moda')")
+    index = pool.index(name)
+    own = {id(p) for p in pool.parameters()}
+    shared = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in pool.adapters[index].parameters():
+        p.requires_grad_(True)
+    if index == 0:
+        for p in shared:
+            p.requires_grad_(True)
+    return index
