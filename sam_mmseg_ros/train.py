@@ -481,16 +481,23 @@ PRESETS: dict[str, Preset] = {
 
 
 def run_preset(name: str, overrides: dict, dataset: Dataset, val_dataset: Dataset | None = None,
-               resume: bool = False) -> dict:
+               resume: bool = False, until: str | None = None) -> dict:
     """Run a preset's stages in order under `overrides["out_dir"]/<stage>/`; each stage starts
     from the previous stage's final weights, and the last stage's checkpoint is copied to
     `<out_dir>/model.pt`. With `resume`, finished stages are skipped and an interrupted one
-    continues from its last checkpoint. `overrides` (TrainConfig fields) apply to every stage."""
+    continues from its last checkpoint. `overrides` (TrainConfig fields) apply to every stage.
+    `until` names the last stage to run (e.g. the pretrained encoder and heads alone)."""
     preset = PRESETS[name]
+    stages = preset.stages
+    if until is not None:
+        names = [stage.name for stage in stages]
+        if until not in names:
+            raise ValueError(f"preset {name} has no stage {until!r} (stages: {names})")
+        stages = stages[:names.index(until) + 1]
     out_dir = Path(overrides.get("out_dir", TrainConfig.out_dir))
     previous: str | None = None
     result: dict = {}
-    for index, stage in enumerate(preset.stages):
+    for index, stage in enumerate(stages):
         fields_ = {**preset.base, **stage.overrides, **overrides, "out_dir": str(out_dir / stage.name)}
         config = TrainConfig.from_dict(fields_)
         if previous is not None:
@@ -498,8 +505,8 @@ def run_preset(name: str, overrides: dict, dataset: Dataset, val_dataset: Datase
         last = Path(config.out_dir) / LAST_CHECKPOINT
         if resume and last.exists():
             config = replace(config, resume=str(last))
-        log.info("preset %s, stage %d/%d: %s", name, index + 1, len(preset.stages), stage.name)
-        is_last = index == len(preset.stages) - 1
+        log.info("preset %s, stage %d/%d: %s", name, index + 1, len(stages), stage.name)
+        is_last = index == len(stages) - 1
         result = train(config, dataset, val_dataset if is_last else None)
         previous = str(Path(config.out_dir) / FINAL_CHECKPOINT)
     if "checkpoint" in result:
@@ -518,6 +525,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="multi-stage recipe; the options below override its values in every stage. "
                              + " ".join(f"{name}: {p.description}." for name, p in sorted(PRESETS.items())))
+    parser.add_argument("--until", metavar="STAGE", help="with --preset: stop after this stage")
     parser.add_argument("--dataset", choices=("deliver", "synthetic"), help="default: the preset's, else deliver")
     parser.add_argument("--data-root", help="DELIVER folder (with img/, hha/, event/, lidar/, semantic/)")
     parser.add_argument("--conditions", nargs="+", help="DELIVER conditions (default: all five)")
@@ -616,7 +624,8 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     if preset is not None:
-        result = run_preset(args.preset, overrides, train_set, val_set, resume=args.resume is not None)
+        result = run_preset(args.preset, overrides, train_set, val_set, resume=args.resume is not None,
+                            until=args.until)
     else:
         config = TrainConfig.from_dict(overrides)
         if args.resume is not None:
