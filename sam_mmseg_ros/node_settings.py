@@ -42,12 +42,14 @@ class ModelSettings:
     device: str | None
     cpu_threads: int
     input_size: tuple[int, int] | None  # (height, width); None: the model's own
+    domain: str | None  # pinned domain adapter; None: the model's selector chooses per frame
 
     def backend_options(self) -> dict:
         """Keyword arguments of `engine.create_backend`."""
         return dict(checkpoint=self.checkpoint, onnx_path=self.onnx_path, engine_path=self.engine_path,
-                    engine_trusted=self.engine_trusted, precision=self.precision, device=self.device, input_size=self.input_size,
-                    allow_build=self.allow_engine_build, cache_dir=self.engine_cache_dir)
+                    engine_trusted=self.engine_trusted, precision=self.precision, device=self.device,
+                    input_size=self.input_size, allow_build=self.allow_engine_build, cache_dir=self.engine_cache_dir,
+                    domain=self.domain)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class NodeSettings:
     overlay_alpha: float
     camera_timeout_s: float
     diagnostics_period_s: float
+    domain_min_confidence: float
 
     @classmethod
     def from_values(cls, values: dict) -> NodeSettings:
@@ -104,7 +107,7 @@ class NodeSettings:
             engine_cache_dir=v["engine_cache_dir"] or None,
             allow_engine_build=bool(v["allow_engine_build"]), precision=v["precision"],
             device=v["device"] or None, cpu_threads=int(v["cpu_threads"]),
-            input_size=(height, width) if height and width else None)
+            input_size=(height, width) if height and width else None, domain=v["domain"] or None)
         event_width, event_height = (int(x) for x in v["event_sensor_size"])
         inputs = {m: str(v[f"{m}_input"]) for m in SYNCED_MODALITIES}
         return cls(values=dict(v), model=model, enabled=enabled, inputs=inputs,
@@ -117,7 +120,8 @@ class NodeSettings:
                    input_reliability=v["input_reliability"], input_queue_depth=int(v["input_queue_depth"]),
                    outputs={o: bool(v[f"publish.{o}"]) for o in OUTPUTS},
                    overlay_alpha=float(v["overlay_alpha"]), camera_timeout_s=float(v["camera_timeout_s"]),
-                   diagnostics_period_s=float(v["diagnostics_period_s"]))
+                   diagnostics_period_s=float(v["diagnostics_period_s"]),
+                   domain_min_confidence=float(v["domain_min_confidence"]))
 
     @classmethod
     def from_file(cls, params_file: str | Path | None = None, overrides: dict | None = None) -> NodeSettings:

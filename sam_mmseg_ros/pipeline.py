@@ -29,6 +29,8 @@ class FrameResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # modality -> why it could not be encoded
     rgb: np.ndarray | None = None  # uint8 [H, W, 3], the camera image the labels belong to
+    domain: str | None = None  # domain-adapter models: the learned domain whose adapter ran
+    domain_confidence: float | None = None  # the selector's probability of `domain`
 
 
 def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -87,7 +89,16 @@ class SegmentationPipeline:
         timings = {"encode": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3,
                    "postprocess": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
         return FrameResult(bundle.stamp_ns, bundle.frame_id, labels, confidence, router_weights, health,
-                           painted, timings, errors, rgb)
+                           painted, timings, errors, rgb, *self._domain(out))
+
+    def _domain(self, out: dict) -> tuple[str | None, float | None]:
+        """(name, confidence) of the domain adapter the model used, or (None, None) without one."""
+        if "domain" not in out:
+            return None, None
+        index = int(np.asarray(out["domain"]).reshape(-1)[0])
+        names = self.backend.metadata.get("domains") or []
+        name = names[index] if 0 <= index < len(names) else f"domain {index}"
+        return name, float(np.asarray(out["domain_confidence"]).reshape(-1)[0])
 
     def labels_with_only(self, keep: tuple[str, ...]) -> np.ndarray:
         """Labels of the frame `run` just segmented, as if only the `keep` modalities had been

@@ -26,7 +26,14 @@ from sam_mmseg_ros.labels import colorize, overlay
 from sam_mmseg_ros.node_settings import NodeSettings
 from sam_mmseg_ros.pipeline import SegmentationPipeline
 from sam_mmseg_ros.reporting import ProblemLog, RateStats
-from sam_mmseg_ros.status import CameraWatchdog, ModelState, NodeStatus, node_status
+from sam_mmseg_ros.status import (
+    CameraWatchdog,
+    DomainState,
+    ModelState,
+    NodeStatus,
+    domain_state,
+    node_status,
+)
 
 MODEL_READY = "model ready"
 """Start of the log line once the backend is loaded and warmed up (replay_eval.launch.py waits
@@ -80,6 +87,7 @@ class FrameOutputs:
     overlay: np.ndarray | None = None  # uint8 [H, W, 3]
     painted_points: np.ndarray | None = None  # painted_cloud() structured points
     modality_health: dict[str, ModalityHealth] | None = None
+    domain: DomainState | None = None  # with modality_health, for domain-adapter models
 
 
 @dataclass(frozen=True)
@@ -88,10 +96,13 @@ class Report:
 
     node: NodeStatus
     modalities: list[tuple[ModalityHealth, bool]]
+    domain: DomainState | None = None  # the last frame's, for domain-adapter models
 
     def signature(self) -> tuple:
-        """What 'changed' means for publishing on change: levels, states and messages, not numbers."""
-        return (self.node.level, self.node.message,
+        """What 'changed' means for publishing on change: levels, states and messages, not numbers
+        (the domain used and its level, not its confidence)."""
+        domain = (self.domain.name, self.domain.level) if self.domain is not None else None
+        return (self.node.level, self.node.message, domain,
                 *((h.name, h.state, h.reason, enabled) for h, enabled in self.modalities))
 
 
@@ -109,6 +120,7 @@ class SegmentationCore:
         self.slot = LatestSlot()
         self.pipeline: SegmentationPipeline | None = None
         self._last_health: dict[str, ModalityHealth] = {}
+        self._last_domain: DomainState | None = None
         self._states: dict[str, str] = {}
         self._input_problems: dict[str, tuple[int, str]] = {}
 
@@ -215,6 +227,11 @@ class SegmentationCore:
                 self.problems.resolve(f"{modality} encoding")
         self._log_state_changes(result.health)
         self._last_health = result.health
+        if result.domain is not None:
+            self._log_domain_change(result.domain)
+            self._last_domain = domain_state(result.domain, result.domain_confidence,
+                                             self.settings.model.domain is not None,
+                                             self.settings.domain_min_confidence)
         out = FrameOutputs(camera.stamp_ns, camera.frame_id)
         if "labels" in wanted:
             out.labels = result.labels
@@ -227,6 +244,7 @@ class SegmentationCore:
             out.painted_points = painted_cloud(xyz, labels)
         if "modality_health" in wanted:
             out.modality_health = result.health
+            out.domain = self._last_domain if result.domain is not None else None
         self.stats.record((self.now_ns() - camera.stamp_ns) / 1e6, time.monotonic())
         return out
 
@@ -256,13 +274,20 @@ class SegmentationCore:
             else:
                 self.log.warning(f"{modality}: {previous} -> {h.state} ({h.reason})")
 
+    def _log_domain_change(self, name: str) -> None:
+        previous = self._last_domain.name if self._last_domain is not None else None
+        if name != previous:
+            self.log.info(f"domain: {previous or 'none yet'} -> {name}")
+
     # ------------------------------------------------------------------------ diagnostics
 
     def report(self) -> Report:
+        domain = self._last_domain
         values = {**self.model.values(self.settings.model.precision),
                   "output_rate_hz": self.stats.rate_hz(time.monotonic()), **self.stats.latency_percentiles(),
                   "published_frames": self.stats.published, "dropped_frames": self.stats.dropped,
-                  "sync_resets": self.feeder.assembler.resets}
+                  "sync_resets": self.feeder.assembler.resets,
+                  **({"domain": domain.name, "domain_confidence": domain.confidence} if domain else {})}
         modalities = []
         for m in MODALITIES:
             health = self._last_health.get(m)
@@ -272,4 +297,4 @@ class SegmentationCore:
         inputs = list(self._input_problems.values())
         if self.feeder.camera_info_error is not None:
             inputs.append((WARN, f"{self.feeder.camera_info_error}; depth HHA and LiDAR projection are off"))
-        return Report(node_status(self.model, self.camera, values, inputs), modalities)
+        return Report(node_status(self.model, self.camera, values, inputs), modalities, domain)

@@ -82,6 +82,11 @@ SETTINGS: tuple[Setting, ...] = (
             "inference ~10x slower on a busy 2-core machine", low=0, high=256),
     Setting("input_size", [0, 0], "model input [height, width] in pixels; [0, 0]: the model's own size",
             low=0, high=4096, length=2),
+    Setting("domain", "", "domain-adapter models: use this learned domain's adapter for every frame; empty: "
+            "the model's selector picks one per frame. Part of the exported graph (a pin is exported once)"),
+    Setting("domain_min_confidence", 0.5, "domain-adapter models: a frame whose selector confidence in the "
+            "domain used is below this is reported as WARN (it looks like no learned domain, or not like the "
+            "pinned one)", low=0.0, high=1.0, runtime=True),
     # --- inputs ----------------------------------------------------------------------------------
     Setting("enable.depth", True, "subscribe to ~/input/depth and use it"),
     Setting("enable.event", True, "subscribe to ~/input/events and use it"),

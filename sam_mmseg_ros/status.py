@@ -100,6 +100,27 @@ class CameraWatchdog:
 
 
 @dataclass(frozen=True)
+class DomainState:
+    """Which learned domain's adapter ran on the last frame (domain-adapter models), and whether
+    that looks right: WARN when the selector's probability of it is below the threshold."""
+
+    name: str
+    confidence: float  # the selector's probability of `name`
+    pinned: bool  # chosen by the `domain` parameter, not by the selector
+    level: int
+    message: str
+
+
+def domain_state(name: str, confidence: float, pinned: bool, min_confidence: float) -> DomainState:
+    how = f"pinned, selector confidence {confidence:.2f}" if pinned else f"confidence {confidence:.2f}"
+    message = f"{name} ({how})"
+    if confidence < min_confidence:
+        message += (f": below {min_confidence:g}, the frame does not look like the pinned domain" if pinned else
+                    f": below {min_confidence:g}, the frame looks like none of the learned domains")
+    return DomainState(name, confidence, pinned, WARN if confidence < min_confidence else OK, message)
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     level: int
     message: str

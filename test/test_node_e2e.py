@@ -18,6 +18,7 @@ from node_harness import (  # noqa: E402
     HEIGHT,
     OUTPUT_TOPICS,
     PARAMS_FILE,
+    TEST_INPUT_SIZE,
     WIDTH,
     Harness,
     checkpoint,  # noqa: F401 - fixture
@@ -146,6 +147,55 @@ def test_partners_arriving_after_the_camera_image_are_waited_for(monkeypatch, ch
         matched = np.mean([float(health[m]["router_weight"]) > 0 for health in healths])
         assert matched >= 0.8, (m, [health[m]["reason"] for health in healths])
         assert healths[-1][m]["state"] == "ok", healths[-1][m]
+
+
+def make_domain_checkpoint(path, favourite: str):
+    """An untrained `tiny_moda` model at the test size whose selector always names `favourite`
+    with probability ~0.9998 (zero classifier weights, a large bias for that domain)."""
+    import torch
+
+    from sam_mmseg_ros.model import build_model
+    from sam_mmseg_ros.model.checkpoint import save_checkpoint
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("tiny_moda", img_size=TEST_INPUT_SIZE)
+    classifier = model.domains.selector.classifier
+    with torch.no_grad():
+        classifier.weight.zero_()
+        classifier.bias.copy_(torch.tensor([10.0 if d == favourite else 0.0 for d in model.config.domains]))
+    return save_checkpoint(path, model, trained=False)
+
+
+@pytest.mark.parametrize("pin", ["", "night"])
+def test_domain_adapter_model_reports_its_domain_in_health_and_diagnostics(monkeypatch, tmp_path, pin):
+    """The selector's choice (fog) or the pinned domain (night), with the selector's confidence
+    in it, in every frame's modality_health and in /diagnostics."""
+    domain_id = random_domain_id()
+    for key in (PROFILE_VARIABLE, "RMW_IMPLEMENTATION"):
+        monkeypatch.setenv(key, ros_env(domain_id)[key])
+    proc = start_node(domain_id, make_domain_checkpoint(tmp_path / "moda.pt", "fog"),
+                      *([f"domain:={pin}"] if pin else []))
+    h = Harness(domain_id)
+    h.start_feeding()
+    try:
+        h.wait_for_output(proc)
+        since = time.monotonic()
+        h.wait_until(lambda: len(h.messages("modality_health", since)) >= 3 and any(
+            "domain" in health_by_modality(m) for m in h.messages("diagnostics", since)), 30, "domain status", proc)
+        healths = [health_by_modality(m) for m in h.messages("modality_health", since)]
+        diagnostics = next(health_by_modality(m) for m in h.messages("diagnostics", since)
+                           if "domain" in health_by_modality(m))
+    finally:
+        h.close()
+        proc.stop(timeout=30)
+    expected, confidence = (pin, 0.2) if pin else ("fog", 1.0)  # the selector gives night 1/(4 + e^10)
+    for health in [*healths, diagnostics]:
+        domain = health["domain"]
+        assert domain["domain"] == expected and domain["pinned"] == str(bool(pin)), domain
+        assert float(domain["confidence"]) == pytest.approx(confidence, abs=0.2)
+        assert domain["level"] == (1 if pin else 0) and domain["message"].startswith(expected)
+    assert diagnostics["node"]["domain"] == expected
 
 
 def test_stopped_modality_goes_stale_and_recovers(running):

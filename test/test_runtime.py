@@ -90,6 +90,59 @@ def test_worker_segments_camera_frames_and_renders_only_wanted_outputs(monkeypat
     assert core.stats.published == 2
 
 
+class DomainBackend(FakeBackend):
+    """A domain-adapter model: it says which learned domain's adapter ran, and how sure it was."""
+
+    def __init__(self, confidence=0.9):
+        super().__init__()
+        self.metadata["domains"] = ["sun", "fog", "night"]
+        self.confidence = confidence
+
+    def infer(self, images, modality_mask):
+        return {**super().infer(images, modality_mask), "domain": np.array([2], np.int32),
+                "domain_confidence": np.array([self.confidence], np.float32)}
+
+
+def test_the_domain_used_reaches_each_health_message_and_the_diagnostics(monkeypatch):
+    core = make_core(monkeypatch, DomainBackend(confidence=0.9))
+    assert core.report().domain is None  # nothing segmented yet
+    core.load_model()
+    core.on_camera(image_msg())
+    out = core.process(core.slot.take(0.1), lambda *_: np.eye(4), {"modality_health"})
+    assert (out.domain.name, out.domain.level, out.domain.pinned) == ("night", OK, False)
+    assert out.domain.confidence == pytest.approx(0.9) and out.domain.message == "night (confidence 0.90)"
+    report = core.report()
+    assert report.domain == out.domain
+    assert report.node.values["domain"] == "night" and report.node.values["domain_confidence"] == pytest.approx(0.9)
+    core.on_camera(image_msg(STAMP + 1))
+    assert core.process(core.slot.take(0.1), lambda *_: np.eye(4), {"labels"}).domain is None  # health only
+
+
+@pytest.mark.parametrize("pin, message", [
+    ("", "the frame looks like none of the learned domains"),
+    ("night", "the frame does not look like the pinned domain"),
+])
+def test_a_domain_chosen_with_low_confidence_is_a_warning(monkeypatch, pin, message):
+    core = make_core(monkeypatch, DomainBackend(confidence=0.3), domain=pin, domain_min_confidence=0.5)
+    core.load_model()
+    core.on_camera(image_msg())
+    out = core.process(core.slot.take(0.1), lambda *_: np.eye(4), {"modality_health"})
+    assert out.domain.level == WARN and message in out.domain.message and out.domain.pinned == bool(pin)
+    before = core.report().signature()
+    core.apply(NodeSettings.from_values({**core.settings.values, "domain_min_confidence": 0.2}))
+    core.on_camera(image_msg(STAMP + 1))
+    core.process(core.slot.take(0.1), lambda *_: np.eye(4), set())
+    assert core.report().domain.level == OK and core.report().signature() != before
+
+
+def test_a_plain_model_reports_no_domain(monkeypatch):
+    core = make_core(monkeypatch)
+    core.load_model()
+    core.on_camera(image_msg())
+    out = core.process(core.slot.take(0.1), lambda *_: np.eye(4), {"modality_health"})
+    assert out.domain is None and core.report().domain is None and "domain" not in core.report().node.values
+
+
 def test_frames_the_worker_never_took_are_dropped_and_counted(monkeypatch):
     core = make_core(monkeypatch)
     for i in range(3):

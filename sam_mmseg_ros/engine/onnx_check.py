@@ -25,7 +25,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS, MODALITIES, OPTIONAL_ENGINE_OUTPUTS, BadFileError
+from sam_mmseg_ros.contracts import (
+    ENGINE_INPUTS,
+    ENGINE_OUTPUTS,
+    MODALITIES,
+    OPTIONAL_ENGINE_OUTPUTS,
+    BadFileError,
+)
 from sam_mmseg_ros.engine.base import output_specs
 
 MAX_INPUT_SIDE = 4096

@@ -34,6 +34,14 @@ def modality_status(node_name: str, health, enabled: bool) -> DiagnosticStatus:
                             hardware_id=node_name, values=key_values(values))
 
 
+def domain_status(node_name: str, domain) -> DiagnosticStatus:
+    """The learned domain whose adapter ran on the frame (`status.DomainState`), and the
+    selector's confidence in it."""
+    values = {"domain": domain.name, "confidence": domain.confidence, "pinned": domain.pinned}
+    return DiagnosticStatus(level=bytes([domain.level]), name=f"{node_name}: domain", message=domain.message,
+                            hardware_id=node_name, values=key_values(values))
+
+
 def node_status(node_name: str, level: int, message: str, values: dict) -> DiagnosticStatus:
     return DiagnosticStatus(level=bytes([level]), name=f"{node_name}: node", message=message,
                             hardware_id=node_name, values=key_values(values))

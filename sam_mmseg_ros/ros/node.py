@@ -207,6 +207,8 @@ class SamMmsegNode(Node):
             enabled = self.core.settings.enabled
             statuses = [diag.modality_status(self.get_name(), out.modality_health[m], enabled[m])
                         for m in MODALITIES]
+            if out.domain is not None:
+                statuses.append(diag.domain_status(self.get_name(), out.domain))
             msg = diag.diagnostic_array(header.stamp, statuses)
             msg.header = header
             self.pub["modality_health"].publish(msg)
@@ -221,6 +223,8 @@ class SamMmsegNode(Node):
             name = self.get_name()
             statuses = [diag.node_status(name, report.node.level, report.node.message, report.node.values),
                         *(diag.modality_status(name, health, enabled) for health, enabled in report.modalities)]
+            if report.domain is not None:
+                statuses.append(diag.domain_status(name, report.domain))
             self.diagnostics_pub.publish(diag.diagnostic_array(self.get_clock().now().to_msg(), statuses))
 
     def shutdown(self) -> None:
