@@ -321,17 +321,18 @@ def _plain(value):
 
 def domain_datasets(kind: str, domains: tuple[str, ...], size: tuple[int, int], *, train_frames: int = 128,
                     val_frames: int = 32, seed: int = 0, data_root: str | None = None,
-                    ) -> tuple[dict[str, Dataset], dict[str, Dataset]]:
+                    cache_dir: str | None = None) -> tuple[dict[str, Dataset], dict[str, Dataset]]:
     """Per-domain training and validation sets: a synthetic weather condition (the same streets
-    under each, other streets for validation), or a DELIVER condition (its train and val splits)."""
+    under each, other streets for validation; rendered frames kept in `cache_dir`), or a DELIVER
+    condition (its train and val splits)."""
     if kind == "synthetic":
         from sam_mmseg_ros.data.synthetic import SyntheticDataset
 
-        train_sets = {d: SyntheticDataset(seed=seed, num_frames=train_frames, size=size, conditions=(d,))
-                      for d in domains}
-        val_sets = {d: SyntheticDataset(seed=seed + 1_000_000, num_frames=val_frames, size=size, conditions=(d,))
-                    for d in domains}
-        return train_sets, val_sets
+        def frames(start: int, count: int, domain: str) -> Dataset:
+            return SyntheticDataset(seed=start, num_frames=count, size=size, conditions=(domain,), cache_dir=cache_dir)
+
+        return ({d: frames(seed, train_frames, d) for d in domains},
+                {d: frames(seed + 1_000_000, val_frames, d) for d in domains})
     from sam_mmseg_ros.data.deliver import DeliverDataset
 
     if not data_root:
@@ -356,7 +357,7 @@ def run(args, overrides: dict) -> int:
     train_sets, val_sets = domain_datasets(
         kind, (*known, *domains), (img_size, img_size), train_frames=args.train_frames or 128,
         val_frames=args.val_frames if args.val_frames is not None else 32, seed=args.seed or 0,
-        data_root=args.data_root)
+        data_root=args.data_root, cache_dir=args.cache_dir)
     results = run_continual(config, train_sets, val_sets)
     last = results["rows"][-1]["domains"]
     log.info("final mIoU per domain: %s", {k: round(v["miou"] * 100, 1) for k, v in last.items()})

@@ -538,6 +538,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "images, as in papers; a node can then only take ready HHA images)")
     parser.add_argument("--train-frames", type=int, help="synthetic: number of training frames")
     parser.add_argument("--val-frames", type=int, help="synthetic: number of validation frames (0: none)")
+    parser.add_argument("--cache-dir", help="synthetic: keep rendered frames here, so later runs read them")
     parser.add_argument("--model", help="model config name: tiny, vit_b, vit_l, vit_h")
     parser.add_argument("--img-size", type=int, help="square model input size (multiple of 16)")
     parser.add_argument("--sam-checkpoint", help="official SAM checkpoint (.pth) for the image encoder")
@@ -592,9 +593,11 @@ def _datasets(kind: str, args: argparse.Namespace, img_size: int, data: dict) ->
         if not all(name in live_encodings(m) for m, name in encodings.items()):
             raise SystemExit(f"--encodings {args.encodings}: synthetic data is encoded from raw sensor data "
                              "(native or deliver)")
-        train_set = SyntheticDataset(seed=args.seed or 0, num_frames=train_frames, size=size, encodings=encodings)
+        cache = getattr(args, "cache_dir", None)
+        train_set = SyntheticDataset(seed=args.seed or 0, num_frames=train_frames, size=size, encodings=encodings,
+                                     cache_dir=cache)
         val_set = SyntheticDataset(seed=(args.seed or 0) + 1_000_000, num_frames=val_frames, size=size,
-                                   encodings=encodings) if val_frames else None
+                                   encodings=encodings, cache_dir=cache) if val_frames else None
         return train_set, val_set
     from sam_mmseg_ros.data.deliver import DeliverDataset
 

@@ -136,3 +136,23 @@ def test_feeder_marks_an_undecodable_message_invalid_and_keeps_going(bag, backen
     assert "truncated" in node.feeder.problems.current["depth"]
     assert len(results) == len(CONDITIONS) * FRAMES_PER_CONDITION
     assert all(r.health["depth"].state == "invalid" and r.health["rgb"].state == "ok" for r in results)
+
+
+def test_a_domain_adapter_model_reports_the_adapter_used_per_condition(bag, tmp_path):
+    """The bag's condition topic is the ground truth of the selector: the report counts, per
+    condition, the frames each domain's adapter ran on (here a selector that always says night)."""
+    from sam_mmseg_ros.engine.torch_backend import TorchBackend
+    from sam_mmseg_ros.model import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("tiny", img_size=64, adapters="moda", domains=("sun", "night"))
+    with torch.no_grad():
+        model.domains.selector.classifier.weight.zero_()
+        model.domains.selector.classifier.bias.copy_(torch.tensor([0.0, 10.0]))
+    result = evaluate_bag(bag, TorchBackend(model), overrides=OVERRIDES, subsets={FULL: SUBSETS[FULL]},
+                          progress=False)
+    summary = write_report(result, tmp_path, with_figures=False)
+    assert summary["domain_per_condition"] == {"night": {"night": 2}, "sun": {"night": 2}}
+    assert summary["domain_accuracy"] == {"night": 100.0, "sun": 0.0}
+    assert "| sun | 0 | 2 | 0.0 |" in (tmp_path / "report.md").read_text()

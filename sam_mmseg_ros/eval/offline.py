@@ -122,7 +122,7 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
     mosaic_every = max(1, total // MOSAIC_FRAMES)
     truth: dict[int, np.ndarray] = {}
     condition: dict[int, str] = {}
-    pending: dict[int, tuple[dict[str, np.ndarray], np.ndarray | None]] = {}
+    pending: dict[int, tuple[dict[str, np.ndarray], np.ndarray | None, str | None]] = {}
     bar = tqdm(total=total, desc=f"eval {len(subsets)} subsets", unit="frame", disable=not progress)
     damage = BagReport()  # damaged messages are skipped, counted and listed in the report's notes
     for topic, stamp_ns, _msgtype, msg in read_bag(path, [*kinds, GROUND_TRUTH_TOPIC, CONDITION_TOPIC], damage,
@@ -145,11 +145,12 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
             for stage, ms in full.timings_ms.items():
                 result.timings_ms[stage].append(ms)
             result.record_health(bundle.stamp_ns, {m: (h.state, h.router_weight) for m, h in full.health.items()})
-            pending[bundle.stamp_ns] = (labels, full.rgb)
+            pending[bundle.stamp_ns] = (labels, full.rgb, full.domain)
         for stamp in [s for s in pending if s in truth]:
-            labels, rgb = pending.pop(stamp)
+            labels, rgb, domain = pending.pop(stamp)
             gt = truth.pop(stamp)
             cond = condition.get(stamp, "unknown")
+            result.record_domain(cond, domain)
             for name, pred in labels.items():
                 result.add(name, cond, pred, gt)
             if keep_labels:
@@ -214,6 +215,7 @@ def evaluate_deliver(root: str | Path, backend, split: str = "test", subsets: di
     mosaic_every = max(1, count // MOSAIC_FRAMES)
     subsets = {FULL: MODALITIES, **subsets}
     unknown_frames = 0
+    domain_names = backend.metadata.get("domains") or []
     for i in tqdm(range(count), desc=f"eval DELIVER {split}", unit="frame", disable=not progress):
         sample = dataset[i]
         images = np.asarray(sample["images"], np.float32)[None]
@@ -226,6 +228,8 @@ def evaluate_deliver(root: str | Path, backend, split: str = "test", subsets: di
             pred = np.asarray(out["labels"])[0].astype(np.uint8)
             if name == FULL:
                 result.timings_ms["infer"].append((time.perf_counter() - t0) * 1e3)
+                if "domain" in out:
+                    result.record_domain(sample["condition"], domain_names[int(out["domain"][0])])
                 if i % mosaic_every == 0 and len(result.mosaic) < MOSAIC_FRAMES:
                     result.mosaic.append(mosaic_tile(_denormalize(images[0, 0]), pred, gt))
                     result.mosaic_titles.append(f"{sample['condition']}, frame {i}")

@@ -78,6 +78,7 @@ def render_markdown(summary: dict, title: str, figures: list[str] | None = None,
     lines += _breakdown("mIoU per condition (%)", summary["miou_per_condition"])
     if any(c != "normal" for d in summary.get("miou_per_case", {}).values() for c in d):
         lines += _breakdown("mIoU per sensor-failure case (%)", summary["miou_per_case"])
+    lines += _domain_section(summary)
     present = {c: v for c, v in summary["class_iou"].items() if v is not None}
     if present:
         lines += ["", f"## Per-class IoU ({FULL}, classes that occur)", "", "| class | IoU (%) |", "|---|---|"]
@@ -109,6 +110,21 @@ def _breakdown(title: str, per_subset: dict[str, dict[str, float | None]]) -> li
     lines = ["", f"## {title}", "", "| subset | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     return lines + [f"| {subset} | " + " | ".join(_fmt(per.get(c)) for c in columns) + " |"
                     for subset, per in per_subset.items()]
+
+
+def _domain_section(summary: dict) -> list[str]:
+    """Which domain adapter a domain-adapter model used on the frames of each condition; where a
+    condition is itself a learned domain, the share chosen right is the selector's accuracy."""
+    per = summary.get("domain_per_condition") or {}
+    if not per:
+        return []
+    domains = summary["model"].get("domains") or sorted({d for counts in per.values() for d in counts})
+    lines = ["", f"## Domain adapter used ({FULL}), frames per condition", "",
+             "| condition | " + " | ".join(domains) + " | chosen right (%) |", "|---|" + "---|" * (len(domains) + 1)]
+    for condition, counts in per.items():
+        right = summary["domain_accuracy"][condition] if condition in domains else None
+        lines.append(f"| {condition} | " + " | ".join(str(counts.get(d, 0)) for d in domains) + f" | {_fmt(right)} |")
+    return lines
 
 
 def _fmt(value) -> str:

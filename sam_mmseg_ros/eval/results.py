@@ -66,6 +66,7 @@ class EvalResult:
     camera_frames: int = 0  # camera frames in the source
     dropped_frames: int | None = None  # camera frames that got no output (live)
     notes: list[str] = field(default_factory=list)
+    domains: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # condition -> domain used
 
     def add(self, subset: str, condition: str, pred: np.ndarray, gt: np.ndarray, case: str = NORMAL) -> None:
         """Score one frame. `condition` may carry its sensor-failure case after a '/' (as bags'
@@ -75,6 +76,11 @@ class EvalResult:
         self.confusion.setdefault(subset, ConfusionMatrix(NUM_CLASSES)).update(pred, gt)
         for breakdown, key in ((self.per_condition, condition), (self.per_case, case)):
             breakdown.setdefault(subset, {}).setdefault(key, ConfusionMatrix(NUM_CLASSES)).update(pred, gt)
+
+    def record_domain(self, condition: str, domain: str | None) -> None:
+        """The domain adapter a domain-adapter model used on a frame (all modalities) of `condition`."""
+        if domain is not None:
+            self.domains[condition][domain] += 1
 
     def record_health(self, stamp_ns: int, health: dict) -> None:
         """`health`: modality -> (state, router weight)."""
@@ -106,6 +112,8 @@ class EvalResult:
             "latency_note": self.latency_note,
             "health_counts": {m: {s: int(c.get(s, 0)) for s in HEALTH_STATES} for m, c in self.health_counts.items()},
             "health_timeline": self.timeline,
+            "domain_per_condition": {c: dict(sorted(n.items())) for c, n in sorted(self.domains.items())},
+            "domain_accuracy": {c: _pct(n.get(c, 0) / sum(n.values())) for c, n in sorted(self.domains.items())},
             "notes": self.notes,
         }
 
@@ -118,7 +126,8 @@ def backend_info(backend) -> dict:
     meta = getattr(backend, "metadata", {}) or {}
     return {"backend": backend.name, "precision": backend.precision,
             "input_size": [int(v) for v in backend.input_shape[-2:]],
-            "trained": bool(meta.get("trained", False)), "checkpoint": meta.get("checkpoint")}
+            "trained": bool(meta.get("trained", False)), "checkpoint": meta.get("checkpoint"),
+            **({"domains": list(meta["domains"])} if meta.get("domains") else {})}
 
 
 def label_agreement(a: EvalResult, b: EvalResult) -> dict:
