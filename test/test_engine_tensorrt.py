@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import logging
 import re
 import sys
@@ -228,9 +229,14 @@ class FakeTensorRT:
     """Stands in for `tensorrt` and `pycuda.driver`; its members are checked against the stubs
     (test_fake_matches_the_api), so what the flow tests exercise is the real API's shape."""
 
-    def __init__(self, gpu_name="NVIDIA Fake GPU", capability=(8, 6), parse_ok=True, build_ok=True):
+    def __init__(self, gpu_name="NVIDIA Fake GPU", capability=(8, 6), parse_ok=True, build_ok=True,
+                 engine_tensors=(), engine_outputs=None):
         self.gpu_name, self.capability, self.parse_ok, self.build_ok = gpu_name, capability, parse_ok, build_ok
         self.builds: list[dict] = []
+        # A deserialized engine's I/O: (name, shape, numpy dtype, is_input) in the engine's order, and
+        # the arrays its execution writes to the outputs.
+        self.engine_tensors = list(engine_tensors)
+        self.engine_outputs = engine_outputs or {}
         self.trt = self._make_trt()
         self.cuda = self._make_cuda()
 
@@ -348,9 +354,56 @@ class FakeTensorRT:
                     return None
                 return IHostMemory(b"ENGINE:" + Path(network["onnx"]).read_bytes()[:32])
 
+        class TensorIOMode:
+            INPUT, OUTPUT = "input", "output"
+
+        class IExecutionContext:
+            def __init__(self):
+                self.addresses = {}
+
+            def set_tensor_address(self, name, memory):
+                self.addresses[name] = memory
+
+            def execute_async_v3(self, stream_handle):
+                for name, value in fake.engine_outputs.items():
+                    fake.device_memory[self.addresses[name]][:] = np.ascontiguousarray(value).view(np.uint8).ravel()
+                return True
+
+        class ICudaEngine:
+            @property
+            def num_io_tensors(self):
+                return len(fake.engine_tensors)
+
+            def get_tensor_name(self, index):
+                return fake.engine_tensors[index][0]
+
+            def _tensor(self, name):
+                return next(t for t in fake.engine_tensors if t[0] == name)
+
+            def get_tensor_shape(self, name):
+                return self._tensor(name)[1]
+
+            def get_tensor_dtype(self, name):
+                return self._tensor(name)[2]
+
+            def get_tensor_mode(self, name):
+                return TensorIOMode.INPUT if self._tensor(name)[3] else TensorIOMode.OUTPUT
+
+            def create_execution_context(self):
+                return IExecutionContext()
+
+        class Runtime:
+            def __init__(self, logger):
+                self.logger = logger
+
+            def deserialize_cuda_engine(self, serialized_engine):
+                return ICudaEngine()
+
         for cls in (ILogger, IProgressMonitor, NetworkDefinitionCreationFlag, MemoryPoolType, ParserError, OnnxParser,
-                    ITimingCache, IHostMemory, IBuilderConfig, Builder):
+                    ITimingCache, IHostMemory, IBuilderConfig, Builder, TensorIOMode, IExecutionContext, ICudaEngine,
+                    Runtime):
             setattr(trt, cls.__name__, cls)
+        trt.nptype = lambda dtype: np.dtype(dtype)  # the fake's engine dtypes are numpy dtypes already
         return trt
 
     def _make_cuda(self) -> types.ModuleType:
@@ -374,7 +427,46 @@ class FakeTensorRT:
             def compute_capability(self):
                 return fake.capability
 
-        cuda.Error, cuda.Device, cuda.init = Error, Device, lambda flags=0: None
+            def retain_primary_context(self):
+                return Context()
+
+        class Context:
+            def push(self):
+                pass
+
+            def detach(self):
+                pass
+
+            @staticmethod
+            def pop():
+                pass
+
+        class Stream:
+            handle = 0
+
+            def synchronize(self):
+                pass
+
+        class DeviceAllocation(int):
+            def free(self):
+                fake.device_memory.pop(int(self), None)
+
+        fake.device_memory = {}
+
+        def mem_alloc(nbytes):
+            address = DeviceAllocation(len(fake.device_memory) + 1)
+            fake.device_memory[int(address)] = np.zeros(nbytes, np.uint8)
+            return address
+
+        def memcpy_htod_async(dest, src, stream=None):
+            fake.device_memory[int(dest)][:] = np.ascontiguousarray(src).view(np.uint8).ravel()
+
+        def memcpy_dtoh_async(dest, src, stream=None):
+            dest.view(np.uint8).ravel()[:] = fake.device_memory[int(src)]
+
+        cuda.Error, cuda.Device, cuda.Context, cuda.Stream, cuda.init = Error, Device, Context, Stream, lambda flags=0: None
+        cuda.mem_alloc, cuda.memcpy_htod_async, cuda.memcpy_dtoh_async = mem_alloc, memcpy_htod_async, memcpy_dtoh_async
+        cuda.pagelocked_empty = np.empty
         return cuda
 
 
@@ -386,7 +478,8 @@ def test_fake_matches_the_api():
         if isinstance(cls, type):
             own = {m for m in vars(cls) if not m.startswith("__") or m == "__init__"}
             instance_attrs = {"progress_monitor", "builder_optimization_level"} if name == "IBuilderConfig" else set()
-            assert own - {"Severity"} | instance_attrs <= members[name] | {"__init__"}, name
+            helpers = {"_tensor"} if name == "ICudaEngine" else set()  # the fake's own lookup
+            assert own - {"Severity"} - helpers | instance_attrs <= members[name] | {"__init__"}, name
     assert {"count", "name", "compute_capability"} <= PYCUDA_DOCUMENTED["Device"]
 
 
@@ -491,6 +584,48 @@ def test_backend_from_engine_without_record_fails_clearly(monkeypatch, tmp_path)
     assert not sidecar_path(engine).exists()
 
 
+def _engine_with(tmp_path, outputs: dict[str, np.ndarray]) -> tuple[FakeTensorRT, Path]:
+    """A fake TensorRT whose engine has the contract inputs and `outputs` (in that order), with
+    the cache record a built engine gets."""
+    tensors = [("images", (1, 4, 3, 8, 8), np.dtype(np.float32), True),
+               ("modality_mask", (1, 4), np.dtype(np.float32), True)]
+    tensors += [(name, value.shape, value.dtype, False) for name, value in outputs.items()]
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"ENGINE")
+    sidecar_path(engine).write_text(json.dumps({"key": {"precision": "fp16"}, "metadata": {"domains": ["sun", "fog"]}}))
+    return FakeTensorRT(engine_tensors=tensors, engine_outputs=outputs), engine
+
+
+CONTRACT_OUTPUTS = {"labels": np.full((1, 8, 8), 3, np.int32), "confidence": np.full((1, 8, 8), 0.5, np.float32),
+                    "router_weights": np.full((1, 4), 0.25, np.float32)}
+
+
+def test_engine_with_domain_outputs_returns_them_in_contract_order(monkeypatch, tmp_path):
+    """An engine may list its outputs in any order; the backend reads every output it has and
+    returns the contract's names, the optional ones included."""
+    domain = {"domain_confidence": np.array([0.75], np.float32), "domain": np.array([1], np.int32)}
+    fake, engine = _engine_with(tmp_path, {**domain, **CONTRACT_OUTPUTS})
+    fake.install(monkeypatch)
+    backend = trt_backend.TensorRTBackend(engine)
+    assert backend.output_names == ("labels", "confidence", "router_weights", "domain", "domain_confidence")
+    images, mask = np.zeros((1, 4, 3, 8, 8), np.float32), np.ones((1, 4), np.float32)
+    out = backend.infer(images, mask)
+    assert out["domain"].tolist() == [1] and out["domain"].dtype == np.int32
+    assert out["domain_confidence"].tolist() == [0.75] and (out["labels"] == 3).all()
+    backend.close()
+
+
+@pytest.mark.parametrize("outputs, message", [
+    ({"labels": CONTRACT_OUTPUTS["labels"], "confidence": CONTRACT_OUTPUTS["confidence"]}, "outputs"),
+    ({**CONTRACT_OUTPUTS, "logits": np.zeros((1, 2), np.float32)}, "logits"),
+])
+def test_engine_without_the_contract_outputs_is_refused(monkeypatch, tmp_path, outputs, message):
+    fake, engine = _engine_with(tmp_path, outputs)
+    fake.install(monkeypatch)
+    with pytest.raises(trt_backend.EngineLoadError, match=message):
+        trt_backend.TensorRTBackend(engine)
+
+
 # --------------------------------------------------------------------------- on a GPU
 
 
@@ -530,3 +665,41 @@ def test_tensorrt_engine_matches_torch(tmp_path):
     rebuilt = trt_backend.TensorRTBackend.from_onnx(onnx_path, cache_dir=tmp_path, show_progress=False)
     assert (rebuilt.infer(images, mask)["labels"] == got["labels"]).mean() >= 0.999
     rebuilt.close()
+
+
+@pytest.mark.gpu
+def test_tensorrt_domain_model_selects_in_graph_like_torch(tmp_path):
+    """Every domain adapter in the engine, the per-frame choice made inside it (fp32 graph: the
+    same choice as torch), the pinned export using its domain on every frame."""
+    pytest.importorskip("tensorrt")
+    pytest.importorskip("pycuda.driver")
+    import torch
+
+    from sam_mmseg_ros.engine.export import export_model
+    from sam_mmseg_ros.engine.torch_backend import TorchBackend
+    from sam_mmseg_ros.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny_moda", img_size=128)
+    with torch.no_grad():
+        for adapter in model.domains.adapters:
+            adapter.b_q.normal_(0.0, 0.3)
+            adapter.b_v.normal_(0.0, 0.3)
+        model.domains.selector.classifier.weight.normal_(0.0, 3.0)
+    for pin in (None, "night"):
+        reference = TorchBackend(model, "cpu", "fp32", domain=pin)
+        onnx_path = export_model(reference.model, tmp_path / f"moda-{pin}.onnx", input_size=(128, 128),
+                                 metadata=reference.metadata, precision="fp32")
+        backend = trt_backend.TensorRTBackend.from_onnx(onnx_path, cache_dir=tmp_path, show_progress=False)
+        assert backend.output_names[-2:] == ("domain", "domain_confidence")
+        rng = np.random.default_rng(0)
+        for _ in range(4):
+            images = rng.normal(rng.uniform(-1, 1), rng.uniform(0.2, 3.0), backend.input_shape).astype(np.float32)
+            mask = np.ones((1, 4), np.float32)
+            got, want = backend.infer(images, mask), reference.infer(images, mask)
+            assert got["domain"].tolist() == want["domain"].tolist()
+            if pin is not None:
+                assert got["domain"].tolist() == [model.config.domains.index(pin)]
+            np.testing.assert_allclose(got["domain_confidence"], want["domain_confidence"], atol=1e-3)
+            assert (got["labels"] == want["labels"]).mean() >= 0.99
+        backend.close()

@@ -256,10 +256,12 @@ class _CudaGraph:
         self._exec = self._graph = ctypes.c_void_p()
 
 
+_CONTRACT_RANK = {name: rank for rank, name in enumerate((*ENGINE_OUTPUTS, *OPTIONAL_ENGINE_OUTPUTS))}
+
+
 def _contract_rank(name: str) -> int:
     """Position of an output in the engine contract (unknown names last, for the error)."""
-    order = (*ENGINE_OUTPUTS, *OPTIONAL_ENGINE_OUTPUTS)
-    return order.index(name) if name in order else len(order)
+    return _CONTRACT_RANK.get(name, len(_CONTRACT_RANK))
 
 
 class TensorRTBackend(DummyFrameWarmup):
