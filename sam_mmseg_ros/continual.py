@@ -354,6 +354,8 @@ def run(args, overrides: dict) -> int:
         start, _ = load_checkpoint(config.init_checkpoint)
         known, img_size = tuple(start.config.domains), start.config.img_size
     kind = args.dataset or "synthetic"
+    if args.val_frames is not None and args.val_frames < 1:
+        raise SystemExit("--continual evaluates every domain after each one: --val-frames must be >= 1")
     train_sets, val_sets = domain_datasets(
         kind, (*known, *domains), (img_size, img_size), train_frames=args.train_frames or 128,
         val_frames=args.val_frames if args.val_frames is not None else 32, seed=args.seed or 0,

@@ -567,7 +567,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "above apply to every domain's run, --init-checkpoint may be a moda checkpoint to add domains to")
     continual.add_argument("--continual", metavar="DOMAINS",
                            help="comma list of domains in learning order: synthetic conditions "
-                                "(sun,cloud,rain,fog,night) or DELIVER conditions")
+                                "(sun,cloud,rain,fog,night; the default --dataset here) or DELIVER conditions; "
+                                "--train-frames/--val-frames per domain (default 128/32)")
     continual.add_argument("--continual-method", choices=("moda", "naive", "joint"), default="moda",
                            help="moda: an adapter per domain and a selector (CoSAM); naive: fine-tune one model "
                                 "in turn; joint: one model on all domains at once, steps x domains steps")
