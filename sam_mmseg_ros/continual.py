@@ -132,7 +132,7 @@ def domain_logits(model: MoELoRASAM, images: torch.Tensor) -> torch.Tensor:
 
 def train_selector(model: MoELoRASAM, replay: dict[str, torch.Tensor], epochs: int = 10, lr: float = 1e-3,
                    batch_size: int = 4, seed: int = 0) -> list[float]:
-    """Train the selector from scratch (new GFT/GAT tokens and classifier, as CoSAM does after
+    """Train the selector from scratch (new GAT tokens, norm and classifier, as CoSAM does after
     each task) on the replay buffers of every domain of `model`, with random horizontal flips.
     Nothing else changes. Returns the loss of every step."""
     pool = model.domains

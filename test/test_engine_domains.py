@@ -33,7 +33,7 @@ def _inputs(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def moda(tmp_path_factory):
-    """A small moda model with distinct adapters and a selector whose classes are the GFTs of
+    """A small moda model with distinct adapters and a selector whose classes are the queries of
     three different inputs (so inputs 0, 1, 2 choose different adapters), saved and exported."""
     folder = tmp_path_factory.mktemp("moda")
     with torch.random.fork_rng(devices=[]):
@@ -48,7 +48,7 @@ def moda(tmp_path_factory):
             for seed in range(len(DOMAINS)):
                 with model.domains.frames(1) as state:
                     model.image_encoder(torch.from_numpy(_inputs(seed)[0]).flatten(0, 1))
-                features.append(state.tokens[0, 0])
+                features.append(state.query[0])
             features = torch.stack(features)
             mean = features.mean(dim=0)
             weight = (features - mean) / (features - mean).norm(dim=1, keepdim=True) * 20

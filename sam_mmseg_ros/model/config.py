@@ -14,7 +14,7 @@ graph by a selector (CoSAM's MoDA, `model/domain_adapters.py`)."""
 MAX_DOMAINS = 32
 """Domain adapters a model may hold: each is a full set of low-rank updates, all kept in the graph."""
 MAX_DOMAIN_TOKENS = 64
-"""Selector tokens (GFT + GAT) a model may hold; CoSAM uses 10."""
+"""Learned selector tokens (GAT) a model may hold; CoSAM uses 10."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ModelConfig:
     decoder_mlp_dim: int = 2048
     adapters: str = "experts"  # one of ADAPTERS
     domains: tuple[str, ...] = ()  # "moda": the learned domains, in the order they were learned
-    domain_tokens: int = 10  # "moda": selector tokens, one global feature token + assistant tokens
+    domain_tokens: int = 10  # "moda": learned selector tokens (global assistant tokens, GAT)
     domain_split: int | None = None  # "moda": the selector reads blocks [0, split), the domain
     # adapters update blocks [split, depth); None: through the first global-attention block
 
