@@ -38,7 +38,7 @@ from sam_mmseg_ros.eval.metrics import ConfusionMatrix
 from sam_mmseg_ros.model import MoELoRASAM
 from sam_mmseg_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from sam_mmseg_ros.model.domain_adapters import DomainSelector
-from sam_mmseg_ros.train import FINAL_CHECKPOINT, TrainConfig, train
+from sam_mmseg_ros.train import FINAL_CHECKPOINT, TrainConfig, data_encodings, train
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,8 @@ def run_continual(config: ContinualConfig, train_sets: dict[str, Dataset], val_s
     init = config.init_checkpoint
     model = start
     seed = int(config.train.get("seed", 0))
+    # Recorded in every checkpoint, as `train` does: the node encodes its inputs the same way.
+    encodings = data_encodings(TrainConfig.from_dict(config.train), train_sets[config.domains[0]])
     if config.method == "joint":
         stage = "joint"
         started = time.monotonic()
@@ -275,7 +277,7 @@ def run_continual(config: ContinualConfig, train_sets: dict[str, Dataset], val_s
                 torch.manual_seed(seed)
                 model = _fresh_model(config)
             model = add_domains(model, (name,))
-            init = save_checkpoint(out / stage / "init.pt", model, trained=False)
+            init = save_checkpoint(out / stage / "init.pt", model, trained=False, encodings=encodings)
             domain = name
         result = train(_train_config(config, stage, config.steps, init, domain), train_sets[name])
         model = result["model"]
@@ -283,14 +285,14 @@ def run_continual(config: ContinualConfig, train_sets: dict[str, Dataset], val_s
         if config.method == "moda":
             replay[name] = sample_buffer(train_sets[name], config.buffer_size, seed + position)
             train_selector(model, replay, config.selector_epochs, config.selector_lr, config.selector_batch, seed)
-        init = save_checkpoint(out / stage / "continual.pt", model, trained=True,
+        init = save_checkpoint(out / stage / "continual.pt", model, trained=True, encodings=encodings,
                                **({"replay": replay} if config.method == "moda" else {}))
         rows.append({"after": name, "steps": config.steps, "seconds": round(time.monotonic() - started, 1),
                      "domains": evaluate_row(model, val_sets, learned)})
         log.info("after %s: %s", name, {k: round(v["miou"] * 100, 1) for k, v in rows[-1]["domains"].items()})
     runs = [*history.get("runs", []), {**asdict(replace(config, train={})), "train": config.train}]
     results = {"method": config.method, "domains": list(learned), "rows": rows, "runs": runs}
-    final = save_checkpoint(out / FINAL_CHECKPOINT, model, trained=True, continual=_plain(results),
+    final = save_checkpoint(out / FINAL_CHECKPOINT, model, trained=True, continual=_plain(results), encodings=encodings,
                             **({"replay": replay} if config.method == "moda" else {}))
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     log.info("%s: %s and %s", config.method, final, out / RESULTS_FILE)
@@ -320,16 +322,19 @@ def _plain(value):
 
 
 def domain_datasets(kind: str, domains: tuple[str, ...], size: tuple[int, int], *, train_frames: int = 128,
-                    val_frames: int = 32, seed: int = 0, data_root: str | None = None,
-                    cache_dir: str | None = None) -> tuple[dict[str, Dataset], dict[str, Dataset]]:
+                    val_frames: int = 32, seed: int = 0, data_root: str | None = None, cache_dir: str | None = None,
+                    encodings: str | None = None, cases: list[str] | None = None,
+                    ) -> tuple[dict[str, Dataset], dict[str, Dataset]]:
     """Per-domain training and validation sets: a synthetic weather condition (the same streets
     under each, other streets for validation; rendered frames kept in `cache_dir`), or a DELIVER
-    condition (its train and val splits)."""
+    condition (its train and val splits, `cases`). `encodings`: as `train --encodings`."""
     if kind == "synthetic":
         from sam_mmseg_ros.data.synthetic import SyntheticDataset
+        from sam_mmseg_ros.sensors.encodings import PRESETS
 
         def frames(start: int, count: int, domain: str) -> Dataset:
-            return SyntheticDataset(seed=start, num_frames=count, size=size, conditions=(domain,), cache_dir=cache_dir)
+            return SyntheticDataset(seed=start, num_frames=count, size=size, conditions=(domain,), cache_dir=cache_dir,
+                                    encodings=PRESETS[encodings or "native"])
 
         return ({d: frames(seed, train_frames, d) for d in domains},
                 {d: frames(seed + 1_000_000, val_frames, d) for d in domains})
@@ -337,8 +342,10 @@ def domain_datasets(kind: str, domains: tuple[str, ...], size: tuple[int, int], 
 
     if not data_root:
         raise SystemExit("--dataset deliver needs --data-root")
-    return ({d: DeliverDataset(data_root, "train", [d], size) for d in domains},
-            {d: DeliverDataset(data_root, "val", [d], size) for d in domains})
+    return ({d: DeliverDataset(data_root, "train", [d], size, cases=cases, encodings=encodings or "deliver")
+             for d in domains},
+            {d: DeliverDataset(data_root, "val", [d], size, cases=cases, encodings=encodings or "deliver")
+             for d in domains})
 
 
 def run(args, overrides: dict) -> int:
@@ -359,7 +366,7 @@ def run(args, overrides: dict) -> int:
     train_sets, val_sets = domain_datasets(
         kind, (*known, *domains), (img_size, img_size), train_frames=args.train_frames or 128,
         val_frames=args.val_frames if args.val_frames is not None else 32, seed=args.seed or 0,
-        data_root=args.data_root, cache_dir=args.cache_dir)
+        data_root=args.data_root, cache_dir=args.cache_dir, encodings=args.encodings, cases=args.cases)
     results = run_continual(config, train_sets, val_sets)
     last = results["rows"][-1]["domains"]
     log.info("final mIoU per domain: %s", {k: round(v["miou"] * 100, 1) for k, v in last.items()})

@@ -141,6 +141,8 @@ def test_feeder_marks_an_undecodable_message_invalid_and_keeps_going(bag, backen
 def test_a_domain_adapter_model_reports_the_adapter_used_per_condition(bag, tmp_path):
     """The bag's condition topic is the ground truth of the selector: the report counts, per
     condition, the frames each domain's adapter ran on (here a selector that always says night)."""
+    import torch
+
     from sam_mmseg_ros.engine.torch_backend import TorchBackend
     from sam_mmseg_ros.model import build_model
 
