@@ -79,6 +79,20 @@ def test_config_refuses_inconsistent_domain_settings(overrides, message):
         MODEL_CONFIGS["tiny"].with_overrides(**overrides)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"domains": [f"d{i}" for i in range(40)]}, "at most 32 adapters"),
+    ({"domains": ["sun", 3]}, "strings of at most"),
+    ({"domain_tokens": 10_000}, "domain_tokens 10000 is outside"),
+])
+def test_a_stored_config_is_checked_against_the_domain_limits_before_anything_is_built(change, message):
+    from sam_mmseg_ros.model.config import config_from_untrusted
+
+    stored = MODEL_CONFIGS["tiny_moda"].to_dict()
+    assert config_from_untrusted(stored) == MODEL_CONFIGS["tiny_moda"]
+    with pytest.raises(ValueError, match=message):
+        config_from_untrusted({**stored, **change})
+
+
 def test_config_round_trips_and_splits_after_the_first_global_block():
     config = MODEL_CONFIGS["tiny_moda"]
     assert config.selector_blocks == min(config.global_attn_indexes) + 1 == 2
