@@ -1,7 +1,8 @@
 """`sam-mmseg train --continual sun,cloud,rain,fog,night`: learn domains one after another.
 
 A vehicle meets its domains in sequence and cannot keep all the data of the earlier ones. Three
-ways to learn them, with the same steps per domain, evaluated after every domain on every domain
+ways to learn them, with the same steps per domain (the first domain, which the vehicle's first
+model is trained on, may get more: `first_steps`), evaluated after every domain on every domain
 learned so far (the accuracy matrix of continual learning):
 
 - `moda` (CoSAM's Mixture of Domain Adapters, `model/domain_adapters.py`): each domain gets an
@@ -12,7 +13,7 @@ learned so far (the accuracy matrix of continual learning):
   learned so far; the buffer travels in the checkpoint, so adding a domain later is one command
   (`--init-checkpoint` the MoDA checkpoint, `--continual` the new domains).
 - `naive`: one plain model fine-tuned on each domain in turn (the forgetting baseline).
-- `joint`: one plain model trained once on all domains mixed, for steps x domains steps (the
+- `joint`: one plain model trained once on all domains mixed, for the sum of those steps (the
   upper reference: it sees every domain's data at once, which a vehicle cannot).
 
 Every run writes `<out>/model.pt` (for moda: every adapter, the selector and the replay buffer)
@@ -53,7 +54,8 @@ class ContinualConfig:
 
     domains: tuple[str, ...]
     method: str = "moda"
-    steps: int = 150  # optimizer steps per domain (joint: steps x domains, once)
+    steps: int = 150  # optimizer steps per domain (joint: their sum, once)
+    first_steps: int | None = None  # steps of the first domain learned in this run; None: `steps`
     buffer_size: int = 10  # replay frames kept per domain for the selector (CoSAM: 10)
     selector_epochs: int = 10  # passes over the replay buffer (CoSAM: 10)
     selector_lr: float = 1e-3
@@ -68,8 +70,12 @@ class ContinualConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not self.domains or len(set(self.domains)) != len(self.domains):
             raise ValueError(f"--continual needs distinct domain names, got {list(self.domains)}")
-        if self.steps < 1 or self.buffer_size < 1 or self.selector_epochs < 1:
-            raise ValueError("steps, buffer_size and selector_epochs must be >= 1")
+        if self.steps < 1 or self.buffer_size < 1 or self.selector_epochs < 1 or (self.first_steps or 1) < 1:
+            raise ValueError("steps, first_steps, buffer_size and selector_epochs must be >= 1")
+
+    def domain_steps(self, position: int) -> int:
+        """Steps for the domain at `position` in this run's order."""
+        return self.first_steps if position == 0 and self.first_steps is not None else self.steps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,10 +269,11 @@ def run_continual(config: ContinualConfig, train_sets: dict[str, Dataset], val_s
         stage = "joint"
         started = time.monotonic()
         mixed = ConcatDataset([train_sets[name] for name in config.domains])
-        result = train(_train_config(config, stage, config.steps * len(config.domains), init, None), mixed)
+        budget = sum(config.domain_steps(i) for i in range(len(config.domains)))
+        result = train(_train_config(config, stage, budget, init, None), mixed)
         model = result["model"]
         learned = config.domains
-        rows.append({"after": config.domains[-1], "steps": config.steps * len(config.domains),
+        rows.append({"after": config.domains[-1], "steps": budget,
                      "seconds": round(time.monotonic() - started, 1), "domains": evaluate_row(model, val_sets, learned)})
     for position, name in enumerate(config.domains if config.method != "joint" else ()):
         stage = f"{len(learned) + 1:02d}_{name}"
@@ -279,7 +286,7 @@ def run_continual(config: ContinualConfig, train_sets: dict[str, Dataset], val_s
             model = add_domains(model, (name,))
             init = save_checkpoint(out / stage / "init.pt", model, trained=False, encodings=encodings)
             domain = name
-        result = train(_train_config(config, stage, config.steps, init, domain), train_sets[name])
+        result = train(_train_config(config, stage, config.domain_steps(position), init, domain), train_sets[name])
         model = result["model"]
         learned = (*learned, name)
         if config.method == "moda":
@@ -287,7 +294,8 @@ def run_continual(config: ContinualConfig, train_sets: dict[str, Dataset], val_s
             train_selector(model, replay, config.selector_epochs, config.selector_lr, config.selector_batch, seed)
         init = save_checkpoint(out / stage / "continual.pt", model, trained=True, encodings=encodings,
                                **({"replay": replay} if config.method == "moda" else {}))
-        rows.append({"after": name, "steps": config.steps, "seconds": round(time.monotonic() - started, 1),
+        rows.append({"after": name, "steps": config.domain_steps(position),
+                     "seconds": round(time.monotonic() - started, 1),
                      "domains": evaluate_row(model, val_sets, learned)})
         log.info("after %s: %s", name, {k: round(v["miou"] * 100, 1) for k, v in rows[-1]["domains"].items()})
     runs = [*history.get("runs", []), {**asdict(replace(config, train={})), "train": config.train}]
@@ -353,6 +361,7 @@ def run(args, overrides: dict) -> int:
     domains = tuple(d.strip() for d in args.continual.split(",") if d.strip())
     train_fields = {k: v for k, v in overrides.items() if k not in ("init_checkpoint", "out_dir", "steps")}
     config = ContinualConfig(domains=domains, method=args.continual_method, steps=overrides.get("steps", 150),
+                             first_steps=args.first_steps,
                              buffer_size=args.buffer_size, init_checkpoint=overrides.get("init_checkpoint"),
                              out_dir=overrides.get("out_dir", "continual_output"), train=train_fields)
     img_size = int(train_fields.get("img_size") or TrainConfig.img_size)

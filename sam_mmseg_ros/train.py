@@ -572,6 +572,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     continual.add_argument("--continual-method", choices=("moda", "naive", "joint"), default="moda",
                            help="moda: an adapter per domain and a selector (CoSAM); naive: fine-tune one model "
                                 "in turn; joint: one model on all domains at once, steps x domains steps")
+    continual.add_argument("--first-steps", type=int,
+                           help="steps of the first domain (the vehicle's first model; with moda it also trains "
+                                "the shared experts, router and heads), default --steps")
     continual.add_argument("--buffer-size", type=int, default=10,
                            help="moda: replay frames kept per domain to train the selector")
 

@@ -42,8 +42,9 @@ def moda(tmp_path_factory):
                             decoder_depth=1, adapters="moda", domains=DOMAINS, domain_split=1).eval()
         with torch.no_grad():
             for adapter in model.domains.adapters:
-                adapter.b_q.normal_(0.0, 0.3)
-                adapter.b_v.normal_(0.0, 0.3)
+                for name, p in adapter.named_parameters():
+                    if name.startswith(("b_", "decoder_b")):  # every update non-zero, the decoder's too
+                        p.normal_(0.0, 0.3)
             features = []
             for seed in range(len(DOMAINS)):
                 with model.domains.frames(1) as state:

@@ -38,10 +38,12 @@ def _plain():
 
 
 def _randomize_adapters(model, std=0.2):
+    """Trained-looking adapters: every B factor (encoder q/v and decoder layers) non-zero."""
     with torch.no_grad():
         for adapter in model.domains.adapters:
-            adapter.b_q.normal_(0.0, std)
-            adapter.b_v.normal_(0.0, std)
+            for name, p in adapter.named_parameters():
+                if name.startswith(("b_", "decoder_b")):
+                    p.normal_(0.0, std)
 
 
 def _inputs(frames=2, seed=0):
@@ -174,9 +176,11 @@ def test_growing_the_pool_keeps_every_weight_and_copies_the_last_adapter():
     assert grown.config.domains == ("sun", "cloud", "night")
     before, after = model.state_dict(), grown.state_dict()
     assert not _identical(before, after, prefix="image_encoder.") and not _identical(before, after, "decoder.")
+    first = {k[len("domains.adapters.0."):]: v for k, v in before.items() if k.startswith("domains.adapters.0.")}
+    assert {"a_q", "b_q", "a_v", "b_v", "decoder_a.0", "decoder_b.0"} <= set(first)
     for index in (1, 2):
-        for name in ("a_q", "b_q", "a_v", "b_v"):
-            assert torch.equal(after[f"domains.adapters.{index}.{name}"], before[f"domains.adapters.0.{name}"])
+        for name, value in first.items():
+            assert torch.equal(after[f"domains.adapters.{index}.{name}"], value), name
     assert add_domains(build_model("tiny", img_size=SIZE), ("sun",)).config.adapters == "moda"
 
 

@@ -23,10 +23,12 @@ What yangjl1215/CoSAM's code does, and what this module follows:
 - Replay buffer: `--buffer_size 10` frames per domain, used only to train the selector.
   Followed (the buffer holds each frame's camera image; see `continual.py`).
 - Adapters: CoSAM's per-domain adapter is a whole trainable HQ-SAM decoder, chosen in Python per
-  image (`adapter_pool[predicted_task]`). Here an adapter is a set of LoRA updates of the
+  image (`adapter_pool[predicted_task]`). Here an adapter is a set of LoRA updates: of the
   encoder's q and v, indexed by modality like the MoE-LoRA experts (`qv_factors` is shared with
-  `model/lora.py`), and the choice is a gather inside the graph: one static ONNX/TensorRT graph
-  holds every adapter, frames of a batch may use different ones, nothing branches in Python.
+  `model/lora.py`), and of every linear layer of the semantic decoder (CoSAM adapts the decoder;
+  a full copy per domain could not be chosen per frame inside one graph). The choice is a gather
+  inside the graph: one static ONNX/TensorRT graph holds every adapter, frames of a batch may use
+  different ones, nothing branches in Python.
 
 What is simplified, and why:
 - The selector reads the first `config.selector_blocks` blocks of the same encoder pass that
@@ -40,10 +42,10 @@ What is simplified, and why:
   pass); here the image stream is the segmentation stream and must stay what it is.
 
 Batch layout: the encoder batch is every frame's modality images ordered (b, ..., m) as the
-MoE-LoRA experts want (TA-LoRA's (b, t, m) too); the RGB slot is the first image of each frame.
-Hooks on the encoder carry the per-frame choice from the selector's last block to the adapted
-projections within one `DomainAdapterPool.frames(...)` pass. Outside such a pass the hooks do
-nothing, so the encoder is the shared model (experts only).
+MoE-LoRA experts want (TA-LoRA's (b, t, m) too); the RGB slot is the first image of each frame;
+the decoder's inputs lead with the frame. Hooks carry the per-frame choice from the selector's
+last block to the adapted projections and decoder layers within one `DomainAdapterPool.frames(...)`
+pass. Outside such a pass the hooks do nothing: the model is the shared one (experts only).
 """
 
 from __future__ import annotations
@@ -110,19 +112,28 @@ class DomainSelector(nn.Module):
         return self.classifier(query)
 
 
+def _lora_a(*shape: int) -> nn.Parameter:
+    """A LoRA down-projection [..., fan_in, r] with nn.Linear's (and peft's LoRA A) init."""
+    bound = 1.0 / math.sqrt(shape[-2])  # kaiming_uniform(a=sqrt(5))
+    return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
+
+
 class DomainAdapter(nn.Module):
-    """One domain's LoRA updates of q and v: per adapted block and per modality, like the experts.
+    """One domain's LoRA updates: q and v of each adapted encoder block per modality (like the
+    experts), and each linear layer of the decoder (`decoder_shapes`: their (in, out)).
 
-    A [L, M, dim, r] with nn.Linear's (and peft's LoRA A) init, B [L, M, r, out] zero: a new
-    adapter changes nothing until it is trained, unless it starts as a copy of another."""
+    A with nn.Linear's init, B zero: a new adapter changes nothing until it is trained, unless it
+    starts as a copy of another."""
 
-    def __init__(self, blocks: int, modalities: int, dim: int, out_dim: int, rank: int) -> None:
+    def __init__(self, blocks: int, modalities: int, dim: int, out_dim: int, rank: int,
+                 decoder_shapes: list[tuple[int, int]]) -> None:
         super().__init__()
-        bound = 1.0 / math.sqrt(dim)  # kaiming_uniform(a=sqrt(5)) with fan_in = dim
-        self.a_q = nn.Parameter(torch.empty(blocks, modalities, dim, rank).uniform_(-bound, bound))
+        self.a_q = _lora_a(blocks, modalities, dim, rank)
         self.b_q = nn.Parameter(torch.zeros(blocks, modalities, rank, out_dim))
-        self.a_v = nn.Parameter(torch.empty(blocks, modalities, dim, rank).uniform_(-bound, bound))
+        self.a_v = _lora_a(blocks, modalities, dim, rank)
         self.b_v = nn.Parameter(torch.zeros(blocks, modalities, rank, out_dim))
+        self.decoder_a = nn.ParameterList(_lora_a(fan_in, rank) for fan_in, _ in decoder_shapes)
+        self.decoder_b = nn.ParameterList(nn.Parameter(torch.zeros(rank, fan_out)) for _, fan_out in decoder_shapes)
 
 
 @dataclass
@@ -137,6 +148,7 @@ class DomainPass:
     selected: torch.Tensor | None = None  # int64 [B], the adapter each frame used
     confidence: torch.Tensor | None = None  # float32 [B], selector probability of `selected`
     factors: tuple[torch.Tensor, torch.Tensor] | None = None  # gathered A [B, L, M, dim, 2r], B
+    decoder_factors: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per decoder layer [B, in, r], B
 
 
 class DomainAdapterPool(nn.Module):
@@ -147,7 +159,7 @@ class DomainAdapterPool(nn.Module):
     its pin as a constant.
     """
 
-    def __init__(self, encoder: nn.Module, config: ModelConfig) -> None:
+    def __init__(self, encoder: nn.Module, config: ModelConfig, decoder: nn.Module | None = None) -> None:
         super().__init__()
         blocks = list(getattr(encoder, "blocks", ()))
         split = config.selector_blocks
@@ -161,8 +173,12 @@ class DomainAdapterPool(nn.Module):
         self.scale = config.lora_alpha / config.lora_rank
         self.selector = DomainSelector(config.embed_dim, config.domain_tokens, len(self.names))
         out_dim = blocks[split].attn.qkv.weight.shape[0] // 3
+        # Every linear layer of the decoder runs on [frames, tokens, features]: one update per frame.
+        linears = [m for m in decoder.modules() if isinstance(m, nn.Linear)] if decoder is not None else []
+        shapes = [(m.in_features, m.out_features) for m in linears]
         self.adapters = nn.ModuleList(
-            DomainAdapter(len(blocks) - split, config.num_modalities, config.embed_dim, out_dim, config.lora_rank)
+            DomainAdapter(len(blocks) - split, config.num_modalities, config.embed_dim, out_dim, config.lora_rank,
+                          shapes)
             for _ in self.names)
         self.register_buffer("pinned", torch.tensor(-1, dtype=torch.long), persistent=False)
         self._pass: DomainPass | None = None
@@ -171,6 +187,8 @@ class DomainAdapterPool(nn.Module):
         blocks[split - 1].register_forward_hook(self._select)
         for index, block in enumerate(blocks[split:]):
             block.attn.qkv.register_forward_hook(functools.partial(self._adapt, index))
+        for index, linear in enumerate(linears):
+            linear.register_forward_hook(functools.partial(self._adapt_decoder, index))
 
     def index(self, name: str) -> int:
         if name not in self.names:
@@ -229,6 +247,10 @@ class DomainAdapterPool(nn.Module):
                    for name in ("a_q", "b_q", "a_v", "b_v")]  # each [B, L, M, ...]: a gather
         a, b = qv_factors(*stacked)
         state.factors = (a.to(output.dtype), (b * self.scale).to(output.dtype))
+        state.decoder_factors = [
+            (torch.stack([adapter.decoder_a[i] for adapter in self.adapters])[selected],
+             torch.stack([adapter.decoder_b[i] for adapter in self.adapters])[selected] * self.scale)
+            for i in range(len(self.adapters[0].decoder_a))]
 
     def _adapt(self, layer: int, qkv: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         """After an adapted block's qkv projection: add each frame's domain update."""
@@ -242,6 +264,16 @@ class DomainAdapterPool(nn.Module):
         a, b = state.factors
         # [B, T, M, N, dim] @ [B, 1, M, dim, 2r] @ [B, 1, M, 2r, 3*out]
         delta = (grouped @ a[:, layer, None]) @ b[:, layer, None]
+        return output + delta.reshape(output.shape)
+
+    def _adapt_decoder(self, layer: int, linear: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        """After a decoder linear layer: add each frame's domain update."""
+        state = self._pass
+        if state is None or state.decoder_factors is None:
+            return None
+        a, b = state.decoder_factors[layer]  # [B, in, r], [B, r, out]
+        x = args[0].reshape(state.frames, -1, a.shape[1])
+        delta = (x @ a.to(x.dtype)) @ b.to(x.dtype)
         return output + delta.reshape(output.shape)
 
 

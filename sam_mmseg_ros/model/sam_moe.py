@@ -6,9 +6,10 @@ LoRA expert m -> router weights from the pooled per-modality embeddings -> fused
 reads intermediate blocks fused the same way. `forward` is the engine contract (DESIGN.md §3)
 so ONNX export needs no wrapper: argmax and max-softmax are part of the graph.
 
-With `moda` adapters (config.adapters) a pool of domain adapters rides on the encoder pass
-(`model/domain_adapters.py`): a selector reading the first blocks picks each frame's domain, whose
-adapter updates the remaining blocks; `forward` adds the `domain` and `domain_confidence` outputs.
+With `moda` adapters (config.adapters) a pool of domain adapters rides on the forward pass
+(`model/domain_adapters.py`): a selector reading the first encoder blocks picks each frame's
+domain, whose adapter updates the remaining blocks and the decoder; `forward` adds the `domain`
+and `domain_confidence` outputs.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class MoELoRASAM(nn.Module):
         self.aux_head = AuxiliaryHead(config.embed_dim, len(config.aux_block_indexes), config.num_classes,
                                       config.out_chans // 2)
         # Built last, so every other part gets the same initial weights with either adapters value.
-        self.domains = DomainAdapterPool(self.image_encoder, config) if config.adapters == "moda" else None
+        self.domains = DomainAdapterPool(self.image_encoder, config, self.decoder) if config.adapters == "moda" else None
         self.set_encoder_trainable(False)
 
     def set_encoder_trainable(self, trainable: bool) -> None:
@@ -84,17 +85,15 @@ class MoELoRASAM(nn.Module):
             return contextlib.nullcontext(None)
         return self.domains.frames(frames, domain)
 
-    def _route(self, images: torch.Tensor, modality_mask: torch.Tensor, domain: torch.Tensor | None = None):
-        """Encode all modalities as one batch, zero absent slots, weigh the present ones.
-        `domain` [B] forces the frames' domain adapters (moda); else the selector chooses."""
+    def _route(self, images: torch.Tensor, modality_mask: torch.Tensor):
+        """Encode all modalities as one batch, zero absent slots, weigh the present ones."""
         b, m, c, h, w = images.shape
-        with self._domain_pass(b, domain) as domains:
-            embedding, block_features = self.image_encoder(images.reshape(b * m, c, h, w))
+        embedding, block_features = self.image_encoder(images.reshape(b * m, c, h, w))
         embedding = embedding.reshape(b, m, *embedding.shape[1:])
         mask = modality_mask.to(embedding.dtype)
         embedding = embedding * mask.reshape(b, m, 1, 1, 1)
         weights = self.router(embedding, mask)
-        return self.fusion(embedding, weights, mask), block_features, weights, mask, domains
+        return self.fusion(embedding, weights, mask), block_features, weights, mask
 
     def forward_logits(self, images: torch.Tensor, modality_mask: torch.Tensor,
                        domain: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -102,8 +101,9 @@ class MoELoRASAM(nn.Module):
         domain_logits [B, D] and domain [B] (the adapters used) for a moda model, whose frames use
         the adapters `domain` [B] names when given."""
         b, m, _, h, w = images.shape
-        fused, block_features, weights, mask, domains = self._route(images, modality_mask, domain)
-        logits = self.decoder(fused, (h, w))
+        with self._domain_pass(b, domain) as domains:  # `domain` [B] forces the frames' adapters
+            fused, block_features, weights, mask = self._route(images, modality_mask)
+            logits = self.decoder(fused, (h, w))
         fused_blocks = [self.fusion(f.reshape(b, m, *f.shape[1:]), weights, mask) for f in block_features]
         out = {"logits": logits, "aux_logits": self.aux_head(fused_blocks, (h, w)), "router_weights": weights}
         if domains is not None:
@@ -115,8 +115,9 @@ class MoELoRASAM(nn.Module):
         router_weights float32 [B, M]}, plus domain int32 [B] and domain_confidence float32 [B]
         for a moda model. The auxiliary head is not evaluated."""
         h, w = images.shape[-2:]
-        fused, _, weights, _, domains = self._route(images, modality_mask)
-        logits = self.decoder(fused, (h, w))
+        with self._domain_pass(images.shape[0], None) as domains:
+            fused, _, weights, _ = self._route(images, modality_mask)
+            logits = self.decoder(fused, (h, w))
         confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
         out = {"labels": labels.to(torch.int32), "confidence": confidence, "router_weights": weights.float()}
         if domains is not None:
