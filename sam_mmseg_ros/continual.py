@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from sam_mmseg_ros.contracts import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, MODALITY_INDEX
+from sam_mmseg_ros.eval.continual import RESULTS_FILE
 from sam_mmseg_ros.eval.metrics import ConfusionMatrix
 from sam_mmseg_ros.model import MoELoRASAM
 from sam_mmseg_ros.model.checkpoint import load_checkpoint, save_checkpoint
@@ -44,7 +45,6 @@ from sam_mmseg_ros.train import FINAL_CHECKPOINT, TrainConfig, data_encodings, t
 log = logging.getLogger(__name__)
 
 METHODS = ("moda", "naive", "joint")
-RESULTS_FILE = "continual.json"
 RGB = MODALITY_INDEX["rgb"]
 
 

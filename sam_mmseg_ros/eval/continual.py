@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sam_mmseg_ros.continual import RESULTS_FILE
-
 log = logging.getLogger(__name__)
+
+RESULTS_FILE = "continual.json"
+"""What `sam-mmseg train --continual` writes into its output folder."""
 
 
 def load_run(path: str | Path) -> dict:
