@@ -256,3 +256,22 @@ def test_continual_run_writes_one_checkpoint_that_a_later_run_extends(frames, tm
     with pytest.raises(ValueError, match="already learned"):
         run_continual(ContinualConfig(domains=("night",), init_checkpoint=second["checkpoint"],
                                       out_dir=str(tmp_path / "c"), train=train_fields), frames, val)
+
+
+@pytest.mark.slow
+def test_deliver_conditions_are_learned_as_domains_by_one_command(tmp_path):
+    """`train --continual` on DELIVER's own layout: its conditions are the domains, the
+    checkpoint records the DELIVER encodings the node must then produce."""
+    from sam_mmseg_ros import cli
+    from sam_mmseg_ros.data.deliver import write_deliver_fixture
+
+    root = write_deliver_fixture(tmp_path / "DELIVER", frames_per_condition=2, size=(32, 48), splits=("train", "val"),
+                                 conditions=("night", "sun"), class_ids=range(1, 7))
+    out = tmp_path / "run"
+    assert cli.main(["train", "--continual", "night,sun", "--dataset", "deliver", "--data-root", str(root),
+                     "--model", "tiny", "--img-size", "32", "--steps", "1", "--batch-size", "2", "--buffer-size", "2",
+                     "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    model, extra = load_checkpoint(out / "model.pt")
+    assert model.config.domains == ("night", "sun") and set(extra["replay"]) == {"night", "sun"}
+    assert extra["encodings"]["lidar"] != "native" and extra["replay"]["sun"].shape == (2, 3, 32, 32)
+    assert [row["after"] for row in extra["continual"]["rows"]] == ["night", "sun"]
