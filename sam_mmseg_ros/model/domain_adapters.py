@@ -243,8 +243,10 @@ class DomainAdapterPool(nn.Module):
             selected = torch.where(self.pinned >= 0, self.pinned, probs.argmax(dim=-1))
         state.logits, state.selected = logits, selected
         state.confidence = probs.gather(1, selected[:, None])[:, 0]
+        # Each domain keeps its own parameters (so learning one leaves the others bit-identical);
+        # stacked they are one constant of the exported graph, and choosing is one gather.
         stacked = [torch.stack([getattr(adapter, name) for adapter in self.adapters])[selected]
-                   for name in ("a_q", "b_q", "a_v", "b_v")]  # each [B, L, M, ...]: a gather
+                   for name in ("a_q", "b_q", "a_v", "b_v")]  # each [B, L, M, ...]
         a, b = qv_factors(*stacked)
         state.factors = (a.to(output.dtype), (b * self.scale).to(output.dtype))
         state.decoder_factors = [
