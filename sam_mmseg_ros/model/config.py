@@ -7,6 +7,13 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from sam_mmseg_ros.contracts import IGNORE_LABEL, MODALITIES
 
+ADAPTERS = ("experts", "ta_lora")
+"""Low-rank updates of the frozen encoder's q and v: one LoRA expert per modality (MLE-SAM), or
+those experts with task-shared and task-specific factors of one low-rank tensor (TA-LoRA,
+`model/task_lora.py`), which gives every task its own encoder features."""
+TASKS = ("semantic", "depth")
+"""What a model predicts: semantic labels always (first), dense metric depth optionally."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -32,12 +39,21 @@ class ModelConfig:
     decoder_depth: int = 2
     decoder_heads: int = 8
     decoder_mlp_dim: int = 2048
+    adapters: str = "experts"  # one of ADAPTERS
+    tasks: tuple[str, ...] = ("semantic",)  # TASKS in this order, semantic first
 
     def __post_init__(self) -> None:
         # Lists coming from JSON/YAML/checkpoints become tuples so the config stays hashable.
         object.__setattr__(self, "global_attn_indexes", tuple(int(i) for i in self.global_attn_indexes))
         object.__setattr__(self, "aux_block_indexes", tuple(int(i) for i in self.aux_block_indexes))
+        object.__setattr__(self, "tasks", tuple(str(t) for t in self.tasks))
         problems = []
+        if self.adapters not in ADAPTERS:
+            problems.append(f"adapters must be one of {ADAPTERS}, got {self.adapters!r}")
+        if not self.tasks or self.tasks[0] != "semantic" or len(set(self.tasks)) != len(self.tasks) \
+                or not set(self.tasks) <= set(TASKS):
+            problems.append(f"tasks must start with 'semantic' and name each of {TASKS} at most once, "
+                            f"got {list(self.tasks)}")
         if self.img_size % self.patch_size:
             problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
@@ -60,6 +76,7 @@ class ModelConfig:
         d = asdict(self)
         d["global_attn_indexes"] = list(self.global_attn_indexes)
         d["aux_block_indexes"] = list(self.aux_block_indexes)
+        d["tasks"] = list(self.tasks)
         return d
 
     @classmethod
@@ -100,6 +117,9 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
     ),
 }
 """Official SAM encoder shapes; names match `segment_anything.sam_model_registry`."""
+MODEL_CONFIGS["tiny_talora"] = replace(MODEL_CONFIGS["tiny"], name="tiny_talora", adapters="ta_lora",
+                                       tasks=("semantic", "depth"))
+"""The CPU-sized multi-task model: semantic labels and dense metric depth from task-aware adapters."""
 
 
 OFFICIAL_MODELS = ("vit_b", "vit_l", "vit_h")
@@ -123,7 +143,7 @@ MAX_LORA_ALPHA = 1e6
 """LoRA scale numerator: any real value is far below; larger ones only overflow fp16."""
 
 _FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "tuple[int, ...]": (list, tuple),
-                "int | None": (int, type(None))}
+                "tuple[str, ...]": (list, tuple), "int | None": (int, type(None))}
 
 
 def config_from_untrusted(data: object) -> ModelConfig:
@@ -145,6 +165,8 @@ def config_from_untrusted(data: object) -> ModelConfig:
             problems.append(f"{name} is a {type(value).__name__}, expected {kind}")
         elif kind == "tuple[int, ...]" and not all(type(i) is int for i in value):
             problems.append(f"{name} must hold integers only")
+        elif kind == "tuple[str, ...]" and not (len(value) <= len(TASKS) and all(type(i) is str for i in value)):
+            problems.append(f"{name} must hold at most {len(TASKS)} strings")
     if problems:
         raise ValueError("; ".join(problems))
     if data.get("name") not in MODEL_CONFIGS:

@@ -56,13 +56,19 @@ class MoELoRAQKV(nn.Module):
             return out
         grouped = x.reshape(num_samples // self.num_experts, self.num_experts, -1, self.dim)
         # [B, M, N, dim] @ [M, dim, 2r] @ [M, 2r, 3*dim]: q and v experts in one pass, the
-        # block matrix (B_q | 0 | 0 ; 0 | 0 | B_v) is tiny, the token tensors are touched once.
+        # token tensors are touched once.
+        a, b = self.expert_factors()
+        delta = (grouped @ a) @ (b * self.scale)
+        return out + delta.reshape(out.shape)
+
+    def expert_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A [M, dim, 2r], B [M, 2r, 3*dim]): the q and v experts side by side, B as the tiny
+        block matrix (B_q | 0 | 0 ; 0 | 0 | B_v) so one product updates q and v and leaves k."""
         a = torch.cat([self.lora_a_q, self.lora_a_v], dim=-1)
         zeros = torch.zeros_like(self.lora_b_q)
         b = torch.cat([torch.cat([self.lora_b_q, zeros, zeros], dim=-1),
                        torch.cat([zeros, zeros, self.lora_b_v], dim=-1)], dim=1)
-        delta = (grouped @ a) @ (b * self.scale)
-        return out + delta.reshape(out.shape)
+        return a, b
 
     def extra_repr(self) -> str:
         rank = self.lora_a_q.shape[-1] if self.num_experts else 0

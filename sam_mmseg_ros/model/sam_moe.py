@@ -5,6 +5,12 @@ LoRA expert m -> router weights from the pooled per-modality embeddings -> fused
 (weighted sum + mean over present modalities) -> semantic mask decoder; the auxiliary head
 reads intermediate blocks fused the same way. `forward` is the engine contract (DESIGN.md §3)
 so ONNX export needs no wrapper: argmax and max-softmax are part of the graph.
+
+Tasks (config.tasks): semantic labels always; with "depth", a depth decoder of its own reads the
+fused embedding too and `forward` adds the `depth` output (metres). With `ta_lora` adapters every
+task has its own encoder features: the batch is B*T*M images ordered (b, t, m), the router and
+the fusion run on all T task paths at once, and each task's head reads its own path; the contract's
+router_weights are the semantic path's. With `experts` adapters the tasks share one path.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ import torch
 from torch import nn
 
 from sam_mmseg_ros.model.config import ModelConfig
+from sam_mmseg_ros.model.depth_head import DepthMaskDecoder, depth_from_log
 from sam_mmseg_ros.model.fusion import ModalityFusion
 from sam_mmseg_ros.model.heads import AuxiliaryHead, SemanticMaskDecoder
 from sam_mmseg_ros.model.image_encoder import ImageEncoderViT
 from sam_mmseg_ros.model.router import ModalityRouter
+from sam_mmseg_ros.model.task_lora import add_task_factors
 
 
 class MoELoRASAM(nn.Module):
@@ -49,6 +57,10 @@ class MoELoRASAM(nn.Module):
             lora_rank=config.lora_rank,
             lora_alpha=config.lora_alpha,
         )
+        # Encoder paths: one per task with task-aware adapters, else one shared by the tasks.
+        self.task_paths = len(config.tasks) if config.adapters == "ta_lora" else 1
+        if config.adapters == "ta_lora":
+            add_task_factors(self.image_encoder, self.task_paths)
         self.router = ModalityRouter(config.out_chans, config.num_modalities, config.top_k)
         self.fusion = ModalityFusion()
         self.decoder = SemanticMaskDecoder(
@@ -56,6 +68,8 @@ class MoELoRASAM(nn.Module):
         )
         self.aux_head = AuxiliaryHead(config.embed_dim, len(config.aux_block_indexes), config.num_classes,
                                       config.out_chans // 2)
+        self.depth_decoder = (DepthMaskDecoder(config.out_chans, config.decoder_depth, config.decoder_heads,
+                                               config.decoder_mlp_dim) if "depth" in config.tasks else None)
         self.set_encoder_trainable(False)
 
     def set_encoder_trainable(self, trainable: bool) -> None:
@@ -71,28 +85,49 @@ class MoELoRASAM(nn.Module):
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
     def _route(self, images: torch.Tensor, modality_mask: torch.Tensor):
-        """Encode all modalities as one batch, zero absent slots, weigh the present ones."""
+        """Encode all modalities (once per task path) as one batch, zero absent slots, weigh the
+        present ones. Returns fused [B, T, C, h, w], the block features [B*T*M, ...], router
+        weights [B, T, M] and the mask [B, M]."""
         b, m, c, h, w = images.shape
-        embedding, block_features = self.image_encoder(images.reshape(b * m, c, h, w))
-        embedding = embedding.reshape(b, m, *embedding.shape[1:])
+        t = self.task_paths
+        batch = images.reshape(b * m, c, h, w) if t == 1 else \
+            images[:, None].expand(b, t, m, c, h, w).reshape(b * t * m, c, h, w)
+        embedding, block_features = self.image_encoder(batch)
+        embedding = embedding.reshape(b * t, m, *embedding.shape[1:])
         mask = modality_mask.to(embedding.dtype)
-        embedding = embedding * mask.reshape(b, m, 1, 1, 1)
-        weights = self.router(embedding, mask)
-        return self.fusion(embedding, weights, mask), block_features, weights, mask
+        path_mask = mask.repeat_interleave(t, dim=0)  # [B*T, M], rows ordered (b, t)
+        embedding = embedding * path_mask.reshape(b * t, m, 1, 1, 1)
+        weights = self.router(embedding, path_mask)
+        fused = self.fusion(embedding, weights, path_mask)
+        return fused.reshape(b, t, *fused.shape[1:]), block_features, weights.reshape(b, t, m), mask
+
+    def _depth_path(self, fused: torch.Tensor) -> torch.Tensor:
+        return fused[:, self.config.tasks.index("depth") if self.task_paths > 1 else 0]
 
     def forward_logits(self, images: torch.Tensor, modality_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training path: {logits, aux_logits [B, num_classes, H, W], router_weights [B, M]}."""
+        """Training path: {logits, aux_logits [B, num_classes, H, W], router_weights [B, M]}, plus
+        log_depth [B, H, W] for a depth model."""
         b, m, _, h, w = images.shape
         fused, block_features, weights, mask = self._route(images, modality_mask)
-        logits = self.decoder(fused, (h, w))
-        fused_blocks = [self.fusion(f.reshape(b, m, *f.shape[1:]), weights, mask) for f in block_features]
-        return {"logits": logits, "aux_logits": self.aux_head(fused_blocks, (h, w)), "router_weights": weights}
+        semantic_weights = weights[:, 0]
+        out = {"logits": self.decoder(fused[:, 0], (h, w)), "router_weights": semantic_weights}
+        # The auxiliary head helps the semantic task: it reads the semantic path's blocks.
+        fused_blocks = [self.fusion(f.reshape(b, self.task_paths, m, *f.shape[1:])[:, 0], semantic_weights, mask)
+                        for f in block_features]
+        out["aux_logits"] = self.aux_head(fused_blocks, (h, w))
+        if self.depth_decoder is not None:
+            out["log_depth"] = self.depth_decoder(self._depth_path(fused), (h, w))
+        return out
 
     def forward(self, images: torch.Tensor, modality_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Engine contract: {labels int32 [B, H, W], confidence float32 [B, H, W],
-        router_weights float32 [B, M]}. The auxiliary head is not evaluated."""
+        router_weights float32 [B, M]}, plus depth float32 [B, H, W] (metres) for a depth model.
+        The auxiliary head is not evaluated."""
         h, w = images.shape[-2:]
         fused, _, weights, _ = self._route(images, modality_mask)
-        logits = self.decoder(fused, (h, w))
+        logits = self.decoder(fused[:, 0], (h, w))
         confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
-        return {"labels": labels.to(torch.int32), "confidence": confidence, "router_weights": weights.float()}
+        out = {"labels": labels.to(torch.int32), "confidence": confidence, "router_weights": weights[:, 0].float()}
+        if self.depth_decoder is not None:
+            out["depth"] = depth_from_log(self.depth_decoder(self._depth_path(fused), (h, w)))
+        return out
