@@ -219,3 +219,23 @@ def load_sam_weights(model: MoELoRASAM, path_or_state_dict: str | os.PathLike | 
         LOG.info("%s: SAM's decoder does not fit this model's decoder (out_chans %d); it keeps its init",
                  source, model.config.out_chans)
     return loaded
+
+
+def init_from_checkpoint(path: str | os.PathLike, **overrides) -> MoELoRASAM:
+    """A model that extends the one a checkpoint holds (its config with `overrides`, e.g.
+    task-aware adapters and the depth task), started from the checkpoint's weights.
+
+    Every stored tensor must fit the new model. The parts the stored model does not have keep
+    their init (task cores at zero, so every task starts from the stored experts' features), except
+    that a new depth decoder starts as a copy of the stored semantic decoder wherever the shapes
+    agree (TA-LoRA starts every task's decoder from SAM's); its output token keeps its init."""
+    stored, _ = load_checkpoint(path)
+    model = MoELoRASAM(stored.config.with_overrides(**overrides))
+    state = stored.state_dict()
+    added = set(model.state_dict()) - set(state)
+    if model.depth_decoder is not None and stored.depth_decoder is None:
+        own = model.state_dict()
+        state.update({f"depth_{key}": value for key, value in stored.state_dict().items()
+                      if key.startswith("decoder.") and own.get(f"depth_{key}", value[None]).shape == value.shape})
+    _load_strict(model, state, str(path), may_be_missing=lambda key: key in added)
+    return model

@@ -56,3 +56,20 @@ class SegmentationLoss(nn.Module):
         main = self.ohem(outputs["logits"], label)
         aux = self.ohem(outputs["aux_logits"], label)
         return {"loss": main + self.aux_weight * aux, "main": main.detach(), "aux": aux.detach()}
+
+
+class LogDepthL1(nn.Module):
+    """Depth task loss: mean |log predicted - log true depth| over pixels with a known depth.
+
+    L1 in log space penalises relative error, the quantity AbsRel reports (|d - d*| / d* is
+    |log d - log d*| to first order), equally at 3 m and at 60 m, where an L1 in metres would let
+    the far pixels dominate. Unlike the scale-invariant log loss it keeps the absolute scale, which
+    a metric depth output needs."""
+
+    def forward(self, log_depth: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """log_depth [B, H, W] (natural log of metres), depth [B, H, W] metres, 0 or non-finite where
+        unknown."""
+        valid = torch.isfinite(depth) & (depth > 0)
+        if not bool(valid.any()):  # no known depth in the batch: a zero that still carries the graph
+            return log_depth.sum() * 0.0
+        return (log_depth.float()[valid] - depth[valid].float().log()).abs().mean()
