@@ -7,14 +7,15 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from sam_mmseg_ros.contracts import ENGINE_OUTPUTS, InputError
+from sam_mmseg_ros.contracts import ENGINE_OUTPUTS, OPTIONAL_ENGINE_OUTPUTS, InputError
 
 
 @runtime_checkable
 class Backend(Protocol):
     """One loaded model ready to run on one device.
 
-    `input_shape` is (1, M, 3, H, W). `metadata` holds at least: `classes` (list of names),
+    `input_shape` is (1, M, 3, H, W). `output_names` are the contract outputs `infer` returns
+    (ENGINE_OUTPUTS, then the model's optional task outputs). `metadata` holds at least: `classes` (list of names),
     `modalities` (order of the M axis), `input_size` ([H, W]), `trained` (False for a randomly
     initialised model, which the node reports as an error) and `model_hash` (sha256 hex).
     """
@@ -22,6 +23,7 @@ class Backend(Protocol):
     name: str
     precision: str
     input_shape: tuple[int, ...]
+    output_names: tuple[str, ...]
     metadata: dict
 
     def warmup(self, iterations: int = 2) -> None:
@@ -30,7 +32,8 @@ class Backend(Protocol):
 
     def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:
         """images float32 [1, M, 3, H, W], modality_mask float32 [1, M] ->
-        {labels int32 [1, H, W], confidence float32 [1, H, W], router_weights float32 [1, M]}."""
+        {labels int32 [1, H, W], confidence float32 [1, H, W], router_weights float32 [1, M]},
+        plus depth float32 [1, H, W] (metres) from a model with the depth task."""
         ...
 
 
@@ -68,6 +71,18 @@ def validate_inputs(images: np.ndarray, modality_mask: np.ndarray, input_shape: 
         raise InputError("images contain NaN or Inf")
 
 
+def contract_outputs(names) -> tuple[str, ...]:
+    """A model's output names in contract order (ENGINE_OUTPUTS, then its optional task outputs
+    in OPTIONAL_ENGINE_OUTPUTS order). Raises ValueError when one of ENGINE_OUTPUTS is missing or
+    a name is not in the contract."""
+    names = set(names)
+    known = (*ENGINE_OUTPUTS, *OPTIONAL_ENGINE_OUTPUTS)
+    if not set(ENGINE_OUTPUTS) <= names or not names <= set(known):
+        raise ValueError(f"outputs {sorted(names)} do not follow the engine contract: all of "
+                         f"{list(ENGINE_OUTPUTS)}, plus any of {list(OPTIONAL_ENGINE_OUTPUTS)}")
+    return tuple(n for n in known if n in names)
+
+
 def check_outputs(outputs: dict[str, np.ndarray], input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Check a backend's outputs against the contract (names, dtypes, shapes); returns them."""
     batch, modalities, _, height, width = input_shape
@@ -75,8 +90,14 @@ def check_outputs(outputs: dict[str, np.ndarray], input_shape: tuple[int, ...]) 
         "labels": (np.int32, (batch, height, width)),
         "confidence": (np.float32, (batch, height, width)),
         "router_weights": (np.float32, (batch, modalities)),
+        "depth": (np.float32, (batch, height, width)),
+        "domain": (np.int32, (batch,)),
+        "domain_confidence": (np.float32, (batch,)),
     }
-    for name in ENGINE_OUTPUTS:
+    unknown = sorted(set(outputs) - set(expected))
+    if unknown:
+        raise RuntimeError(f"backend outputs {unknown} are not in the engine contract")
+    for name in ENGINE_OUTPUTS + tuple(n for n in OPTIONAL_ENGINE_OUTPUTS if n in outputs):
         dtype, shape = expected[name]
         if name not in outputs:
             raise RuntimeError(f"backend output {name!r} is missing (got {sorted(outputs)})")

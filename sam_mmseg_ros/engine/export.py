@@ -28,7 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS, IMAGENET_MEAN, IMAGENET_STD, MODALITIES
+from sam_mmseg_ros.contracts import ENGINE_INPUTS, IMAGENET_MEAN, IMAGENET_STD, MODALITIES
+from sam_mmseg_ros.engine.base import contract_outputs
 from sam_mmseg_ros.engine.exporter_output import exporter_output_at_debug
 
 LOG = logging.getLogger(__name__)
@@ -198,7 +199,8 @@ def convert_to_fp16(model: onnx.ModelProto, fp32_ops: frozenset[str] = FP32_OPS)
 
 def export_model(model, output: str | os.PathLike, *, input_size: tuple[int, int], metadata: dict,
                  precision: str = "fp32", opset: int = OPSET) -> Path:
-    """Export a MoE-LoRA SAM to `output` (static [1, M, 3, H, W], H, W = `input_size`).
+    """Export a MoE-LoRA SAM to `output` (static [1, M, 3, H, W], H, W = `input_size`), with the
+    contract outputs of its tasks (`depth` too for a depth model).
 
     `metadata` is the backend metadata (classes, modalities, trained, model_hash...) to embed.
     """
@@ -214,14 +216,15 @@ def export_model(model, output: str | os.PathLike, *, input_size: tuple[int, int
     images = torch.rand(1, num_modalities, 3, height, width, generator=generator)
     modality_mask = torch.ones(1, num_modalities)
     model = model.eval().float().cpu()
+    outputs = contract_outputs(model.output_names)
     with torch.no_grad(), exporter_output_at_debug():
         program = torch.onnx.export(
             model, (images, modality_mask), None, dynamo=True, optimize=True, opset_version=opset,
-            input_names=list(ENGINE_INPUTS), output_names=list(ENGINE_OUTPUTS), external_data=False,
+            input_names=list(ENGINE_INPUTS), output_names=list(outputs), external_data=False,
             verbose=False,
         )
     proto = program.model_proto
-    _check_io(proto, num_modalities, height, width)
+    _check_io(proto, num_modalities, height, width, outputs)
     full_metadata = {
         **metadata,
         "input_size": [height, width],
@@ -261,13 +264,16 @@ def save_onnx(proto: onnx.ModelProto, output: str | os.PathLike, *, metadata: di
     return output
 
 
-def _check_io(proto: onnx.ModelProto, num_modalities: int, height: int, width: int) -> None:
+def _check_io(proto: onnx.ModelProto, num_modalities: int, height: int, width: int,
+              outputs: tuple[str, ...]) -> None:
     """The exported graph must match the engine contract exactly (names, dtypes, static shapes)."""
     from sam_mmseg_ros.engine.onnx_check import contract_problems
 
     sizes, problems = contract_problems(proto.graph)
     if sizes != (num_modalities, height, width):
         problems.append(f"sizes (M, H, W) are {sizes}, expected {(num_modalities, height, width)}")
+    if [o.name for o in proto.graph.output] != list(outputs):
+        problems.append(f"outputs are {[o.name for o in proto.graph.output]}, expected {list(outputs)}")
     if problems:
         raise RuntimeError("exported graph does not match the engine contract: " + "; ".join(problems))
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam_mmseg_ros.contracts import ENGINE_OUTPUTS
-from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, validate_inputs
+from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, contract_outputs, validate_inputs
 from sam_mmseg_ros.engine.export import decode_metadata
 from sam_mmseg_ros.engine.onnx_check import check_onnx_file
 
@@ -87,6 +86,10 @@ class OnnxRuntimeBackend(DummyFrameWarmup):
 
         self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         self.precision = str(self.metadata.get("precision", "fp32"))
+        try:
+            self.output_names = contract_outputs(o.name for o in self.session.get_outputs())
+        except ValueError as exc:
+            raise ValueError(f"{self.onnx_path}: {exc}; export it with `sam-mmseg export`") from exc
         self._log.info("ONNX Runtime %s: %s (%s) on providers %s", ort.__version__, self.onnx_path.name,
                        self.precision, self.providers)
 
@@ -117,5 +120,5 @@ class OnnxRuntimeBackend(DummyFrameWarmup):
 
     def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:
         validate_inputs(images, modality_mask, self.input_shape)
-        values = self.session.run(list(ENGINE_OUTPUTS), {"images": images, "modality_mask": modality_mask})
-        return check_outputs(dict(zip(ENGINE_OUTPUTS, values, strict=True)), self.input_shape)
+        values = self.session.run(list(self.output_names), {"images": images, "modality_mask": modality_mask})
+        return check_outputs(dict(zip(self.output_names, values, strict=True)), self.input_shape)

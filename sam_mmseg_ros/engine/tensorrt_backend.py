@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS
-from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, validate_inputs
+from sam_mmseg_ros.contracts import ENGINE_INPUTS
+from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, contract_outputs, validate_inputs
 from sam_mmseg_ros.engine.engine_cache import (
     EngineCacheError,
     EngineKey,
@@ -313,9 +313,12 @@ class TensorRTBackend(DummyFrameWarmup):
             self._device[name] = cuda.mem_alloc(max(self._host[name].nbytes, 1))
             self._execution.set_tensor_address(name, int(self._device[name]))
         inputs = [n for n in self._host if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        if sorted(inputs) != sorted(ENGINE_INPUTS) or sorted(set(self._host) - set(inputs)) != sorted(ENGINE_OUTPUTS):
-            raise EngineLoadError(f"{self.engine_path} has tensors {sorted(self._host)}, expected inputs "
-                                  f"{ENGINE_INPUTS} and outputs {ENGINE_OUTPUTS}")
+        try:
+            if sorted(inputs) != sorted(ENGINE_INPUTS):
+                raise ValueError(f"inputs are {sorted(inputs)}, not {list(ENGINE_INPUTS)}")
+            self.output_names = contract_outputs(n for n in self._host if n not in inputs)
+        except ValueError as exc:
+            raise EngineLoadError(f"{self.engine_path} does not follow the engine contract: {exc}") from exc
         self.input_shape = tuple(self._host["images"].shape)
         self._stream = cuda.Stream()
 
@@ -386,12 +389,12 @@ class TensorRTBackend(DummyFrameWarmup):
                     self._graph.launch(self._stream.handle)
                 elif not self._execution.execute_async_v3(self._stream.handle):
                     raise RuntimeError("TensorRT execute_async_v3 failed: " + "; ".join(self._trt_logger.errors[-3:]))
-                for name in ENGINE_OUTPUTS:
+                for name in self.output_names:
                     cuda.memcpy_dtoh_async(self._host[name], self._device[name], self._stream)
                 self._stream.synchronize()
             finally:
                 cuda.Context.pop()
-            outputs = {name: self._host[name].copy() for name in ENGINE_OUTPUTS}
+            outputs = {name: self._host[name].copy() for name in self.output_names}
         return check_outputs(outputs, self.input_shape)
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sam_mmseg_ros.contracts import MODALITIES
-from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, validate_inputs
+from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, contract_outputs, validate_inputs
 from sam_mmseg_ros.engine.engine_cache import file_sha256
 from sam_mmseg_ros.model import MoELoRASAM, build_model
 from sam_mmseg_ros.sensors.encodings import NATIVE
@@ -32,7 +32,7 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -62,6 +62,7 @@ class TorchBackend(DummyFrameWarmup):
         self.model = model.eval().to(self.device)
         config = model.config
         self.input_shape = (1, config.num_modalities, 3, config.img_size, config.img_size)
+        self.output_names = contract_outputs(model.output_names)
         self.metadata = {
             "classes": _class_names(config.num_classes),
             "modalities": list(MODALITIES[: config.num_modalities]),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sam_mmseg_ros.contracts import TASK_OUTPUTS
 from sam_mmseg_ros.model.config import ModelConfig
 from sam_mmseg_ros.model.depth_head import DepthMaskDecoder, depth_from_log
 from sam_mmseg_ros.model.fusion import ModalityFusion
@@ -78,6 +79,12 @@ class MoELoRASAM(nn.Module):
         experts = {id(p) for p in self.image_encoder.lora_parameters()}
         for p in self.image_encoder.parameters():
             p.requires_grad_(trainable or id(p) in experts)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """What `forward` returns, in engine-contract order: the semantic outputs, then the other
+        tasks' (contracts.TASK_OUTPUTS)."""
+        return tuple(name for task in self.config.tasks for name in TASK_OUTPUTS[task])
 
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) number of parameters."""
