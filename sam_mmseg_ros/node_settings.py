@@ -22,7 +22,7 @@ from sam_mmseg_ros.settings import SettingsError, defaults, load_parameters, val
 from sam_mmseg_ros.sync import SYNCED_MODALITIES, SyncConfig
 
 INPUT_KINDS = tuple(INPUT_TOPICS)  # rgb, camera_info, depth, event, lidar
-OUTPUTS = ("labels", "color", "overlay", "painted_points", "modality_health")
+OUTPUTS = ("labels", "color", "overlay", "painted_points", "modality_health", "depth")
 TRANSPORT_SUFFIX = {"raw": "", "compressed": "/compressed", "compressedDepth": "/compressedDepth"}
 """image_transport's topic for a transport: <base topic><suffix>."""
 
@@ -42,12 +42,14 @@ class ModelSettings:
     device: str | None
     cpu_threads: int
     input_size: tuple[int, int] | None  # (height, width); None: the model's own
+    depth_task: bool  # False: the model runs without its depth task
 
     def backend_options(self) -> dict:
         """Keyword arguments of `engine.create_backend`."""
         return dict(checkpoint=self.checkpoint, onnx_path=self.onnx_path, engine_path=self.engine_path,
                     engine_trusted=self.engine_trusted, precision=self.precision, device=self.device, input_size=self.input_size,
-                    allow_build=self.allow_engine_build, cache_dir=self.engine_cache_dir)
+                    allow_build=self.allow_engine_build, cache_dir=self.engine_cache_dir,
+                    tasks=None if self.depth_task else ("semantic",))
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class NodeSettings:
             engine_cache_dir=v["engine_cache_dir"] or None,
             allow_engine_build=bool(v["allow_engine_build"]), precision=v["precision"],
             device=v["device"] or None, cpu_threads=int(v["cpu_threads"]),
-            input_size=(height, width) if height and width else None)
+            input_size=(height, width) if height and width else None, depth_task=bool(v["depth_task"]))
         event_width, event_height = (int(x) for x in v["event_sensor_size"])
         inputs = {m: str(v[f"{m}_input"]) for m in SYNCED_MODALITIES}
         return cls(values=dict(v), model=model, enabled=enabled, inputs=inputs,

@@ -80,6 +80,7 @@ class FrameOutputs:
     overlay: np.ndarray | None = None  # uint8 [H, W, 3]
     painted_points: np.ndarray | None = None  # painted_cloud() structured points
     modality_health: dict[str, ModalityHealth] | None = None
+    depth: np.ndarray | None = None  # float32 [H, W] metres, NaN where invalid (depth models)
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,8 @@ class SegmentationCore:
         bundle = self.feeder.assemble(camera)
         lidar_frame = getattr(bundle.lidar, "frame_id", "")  # a ready LiDAR image needs no transform
         T = lookup_transform(camera.frame_id, lidar_frame)
-        result = self.pipeline.run(bundle, self.now_ns(), T, paint="painted_points" in wanted)
+        result = self.pipeline.run(bundle, self.now_ns(), T, paint="painted_points" in wanted,
+                                   depth="depth" in wanted)
         for modality in MODALITIES:
             if modality in result.errors:
                 self.problems.report(f"{modality} encoding", result.errors[modality])
@@ -227,6 +229,7 @@ class SegmentationCore:
             out.painted_points = painted_cloud(xyz, labels)
         if "modality_health" in wanted:
             out.modality_health = result.health
+        out.depth = result.depth
         self.stats.record((self.now_ns() - camera.stamp_ns) / 1e6, time.monotonic())
         return out
 

@@ -82,6 +82,9 @@ SETTINGS: tuple[Setting, ...] = (
             "inference ~10x slower on a busy 2-core machine", low=0, high=256),
     Setting("input_size", [0, 0], "model input [height, width] in pixels; [0, 0]: the model's own size",
             low=0, high=4096, length=2),
+    Setting("depth_task", True, "run the model's dense depth task (models that have one) for ~/output/depth; "
+            "false runs a checkpoint's model without it, at no extra cost (an ONNX or engine file given "
+            "runs as it is)"),
     # --- inputs ----------------------------------------------------------------------------------
     Setting("enable.depth", True, "subscribe to ~/input/depth and use it"),
     Setting("enable.event", True, "subscribe to ~/input/events and use it"),
@@ -174,6 +177,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("publish.overlay", True, "publish ~/output/overlay", runtime=True),
     Setting("publish.painted_points", True, "publish ~/output/painted_points", runtime=True),
     Setting("publish.modality_health", True, "publish ~/output/modality_health", runtime=True),
+    Setting("publish.depth", True, "publish ~/output/depth (32FC1, metres, NaN where there is no surface "
+            "such as sky), from models with the depth task", runtime=True),
     Setting("overlay_alpha", 0.5, "weight of the class colours in the overlay", low=0.0, high=1.0, runtime=True),
 )
 

@@ -140,3 +140,28 @@ def test_tensorrt_engine_depth_matches_torch(multitask, tmp_path):
         assert (got["labels"] == want["labels"]).mean() >= 0.99
         np.testing.assert_allclose(got["depth"], want["depth"], rtol=2e-2)
     backend.close()
+
+
+def test_the_depth_task_can_be_left_out_of_the_model_and_its_export(multitask, tmp_path):
+    from sam_mmseg_ros.engine import create_backend
+    from sam_mmseg_ros.model.checkpoint import save_checkpoint
+
+    reference, _, _ = multitask
+    checkpoint = save_checkpoint(tmp_path / "mt.pt", reference.model, trained=True)
+    semantic = reference.model.with_tasks(("semantic",))
+    assert semantic.config.tasks == ("semantic",) and semantic.depth_decoder is None
+    assert semantic.image_encoder.blocks[0].attn.qkv.lora_core_q.shape[0] == 1  # one task path left
+    assert reference.model.with_tasks(("semantic", "depth")) is reference.model
+    with pytest.raises(ValueError, match="not"):
+        semantic.with_tasks(("semantic", "depth"))
+
+    only = create_backend("onnxruntime-cpu", checkpoint=checkpoint, cache_dir=tmp_path, tasks=("semantic",))
+    both = create_backend("onnxruntime-cpu", checkpoint=checkpoint, cache_dir=tmp_path)
+    assert only.output_names == ENGINE_OUTPUTS and both.output_names == (*ENGINE_OUTPUTS, "depth")
+    assert only.onnx_path != both.onnx_path and only.onnx_path.stat().st_size < both.onnx_path.stat().st_size
+    assert create_backend("torch", checkpoint=checkpoint, tasks=("semantic",)).output_names == ENGINE_OUTPUTS
+    for seed, mask in CASES:
+        images, modality_mask = _inputs(seed, mask)
+        got, want = only.infer(images, modality_mask), reference.infer(images, modality_mask)
+        assert (got["labels"] == want["labels"]).mean() >= 0.999  # the semantic path is unchanged
+        np.testing.assert_allclose(got["router_weights"], want["router_weights"], atol=1e-5)

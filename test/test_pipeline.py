@@ -9,6 +9,7 @@ import pytest
 
 from sam_mmseg_ros.contracts import MODALITIES, EventArray, FrameBundle, ImageData, PointCloud
 from sam_mmseg_ros.health import HealthMonitor, HealthThresholds
+from sam_mmseg_ros.labels import class_id
 from sam_mmseg_ros.pipeline import FrameResult, SegmentationPipeline, resize_nearest
 from sam_mmseg_ros.sensors.camera import CameraModel
 from sam_mmseg_ros.sensors.encodings import NATIVE
@@ -17,6 +18,7 @@ from sam_mmseg_ros.sensors.preprocess import PreprocessConfig
 
 H, W = 48, 64  # camera
 INPUT = (16, 16)  # model
+SKY = class_id("Sky")
 
 
 class StripesBackend:
@@ -156,3 +158,44 @@ def test_labels_with_only_equal_a_run_without_the_other_sensors(keep):
     np.testing.assert_array_equal(masked_images, reference.backend.images[-1])
     np.testing.assert_array_equal(subset_labels, alone.labels)
     assert masked_mask.sum() == len(keep) < full.router_weights.size
+
+
+class DepthStripesBackend(StripesBackend):
+    """StripesBackend with the depth task: depth 2, 4, 8, 16 m per stripe, stripe 2 is sky."""
+
+    def infer(self, images, modality_mask):
+        out = super().infer(images, modality_mask)
+        out["labels"] = np.where(out["labels"] == 2, SKY, out["labels"]).astype(np.int32)
+        cols = np.arange(INPUT[1]) * 4 // INPUT[1]
+        out["depth"] = np.broadcast_to(2.0 ** (1 + cols), INPUT)[None].astype(np.float32)
+        return out
+
+
+
+
+def test_depth_image_is_camera_resolution_metres_with_nan_over_sky():
+    from sam_mmseg_ros.pipeline import depth_image
+
+    depth = np.array([[2.0, 8.0], [2.0, 8.0]], np.float32)
+    labels = np.zeros((4, 8), np.uint8)
+    labels[0, 0] = SKY
+    out = depth_image(depth, labels)
+    assert out.dtype == np.float32 and out.shape == (4, 8)
+    assert np.isnan(out[0, 0]) and np.isfinite(out[1:]).all()
+    # pixel centres: the outer columns keep the values, the middle ones are geometric means (log space)
+    np.testing.assert_allclose(out[1:, 1], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(out[1:, -1], 8.0, rtol=1e-6)
+    assert np.allclose(np.sqrt(out[1:, 3] * out[1:, 4]), 4.0, rtol=1e-5)  # symmetric around the geometric mean
+    assert np.isnan(depth_image(np.array([[0.0, np.inf]], np.float32), np.zeros((1, 2), np.uint8))).all()
+
+
+def test_run_gives_depth_at_camera_resolution_when_the_model_has_it():
+    config = PreprocessConfig(input_size=INPUT, depth_encoding="inverse")
+    pipeline = SegmentationPipeline(DepthStripesBackend(), config, HealthMonitor(HealthThresholds()))
+    result = pipeline.run(make_bundle(), 10**18, T_CAMERA_LIDAR)
+    assert result.depth.shape == (H, W) and result.depth.dtype == np.float32
+    sky = result.labels == SKY
+    assert sky.any() and np.isnan(result.depth[sky]).all() and np.isfinite(result.depth[~sky]).all()
+    np.testing.assert_allclose(result.depth[:, 0], 2.0, rtol=1e-6)
+    assert pipeline.run(make_bundle(), 10**18, T_CAMERA_LIDAR, depth=False).depth is None
+    assert make_pipeline().run(make_bundle(), 10**18, T_CAMERA_LIDAR).depth is None  # no depth task

@@ -269,3 +269,24 @@ def test_a_refused_camera_info_is_named_in_depth_lidar_health_and_the_status(mon
     assert lidar.state == "invalid" and "unsupported distortion model 'double_sphere'" in lidar.reason
     report = core.report()
     assert report.node.level == WARN and "unsupported distortion model 'double_sphere'" in report.node.message
+
+
+class DepthBackend(FakeBackend):
+    output_names = ("labels", "confidence", "router_weights", "depth")
+
+    def infer(self, images, modality_mask):
+        return {**super().infer(images, modality_mask), "depth": np.full((1, 16, 16), 7.5, np.float32)}
+
+
+def test_depth_is_rendered_only_when_wanted_and_the_task_can_be_turned_off(monkeypatch):
+    core = make_core(monkeypatch, DepthBackend())
+    assert core.load_model()
+    core.on_camera(image_msg())
+    camera = core.slot.take(0.1)
+    out = core.process(camera, lambda *_: np.eye(4), {"labels", "depth"})
+    assert out.depth.shape == (HEIGHT, WIDTH) and out.depth.dtype == np.float32
+    np.testing.assert_allclose(out.depth, 7.5, rtol=1e-6)  # labels 0 and 2: no sky, every pixel valid
+    assert core.process(camera, lambda *_: np.eye(4), {"labels"}).depth is None
+    assert make_core(monkeypatch).settings.model.backend_options()["tasks"] is None
+    off = make_core(monkeypatch, DepthBackend(), depth_task=False).settings.model.backend_options()
+    assert off["tasks"] == ("semantic",)

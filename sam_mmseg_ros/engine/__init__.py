@@ -49,6 +49,7 @@ class _Request:
     allow_build: bool
     cache_dir: Path
     log: logging.Logger
+    tasks: tuple[str, ...] | None = None
 
     @property
     def device_index(self) -> int:
@@ -63,7 +64,8 @@ class _Request:
             return Path(self.onnx_path)
         from sam_mmseg_ros.engine.export import cached_export
 
-        return cached_export(self.checkpoint, self.cache_dir, precision=precision, input_size=self.input_size)
+        return cached_export(self.checkpoint, self.cache_dir, precision=precision, input_size=self.input_size,
+                             tasks=self.tasks)
 
 
 def _tensorrt(req: _Request) -> Backend:
@@ -111,7 +113,7 @@ def _torch(req: _Request) -> Backend:
 
     device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = req.precision if device.startswith("cuda") else "fp32"
-    return TorchBackend.from_checkpoint(req.checkpoint, device, precision)
+    return TorchBackend.from_checkpoint(req.checkpoint, device, precision, tasks=req.tasks)
 
 
 _CREATORS = {
@@ -127,7 +129,7 @@ def create_backend(kind: str = "auto", *, checkpoint: str | os.PathLike | None =
                    engine_trusted: bool = False, precision: str = "fp16", device: str | None = None,
                    input_size: tuple[int, int] | None = None, allow_build: bool = True,
                    cache_dir: str | os.PathLike | None = None,
-                   logger: logging.Logger | None = None) -> Backend:
+                   logger: logging.Logger | None = None, tasks: tuple[str, ...] | None = None) -> Backend:
     """The best usable backend of `kind` (see KINDS), logging the choice and, for `auto`, why
     each better candidate was unavailable.
 
@@ -137,7 +139,9 @@ def create_backend(kind: str = "auto", *, checkpoint: str | os.PathLike | None =
     without a record loads only with `engine_trusted=True` (logged as unchecked).
     `precision` applies to GPU backends; CPU backends run fp32. `device`: None (best), "cpu",
     "cuda" or "cuda:N". `allow_build=False` makes a missing or stale TensorRT engine an
-    error (a reason to fall back, for `auto`) instead of a build of several minutes.
+    error (a reason to fall back, for `auto`) instead of a build of several minutes. `tasks`
+    keeps only those of a checkpoint's tasks (e.g. ("semantic",): no depth, and none of its cost);
+    a given ONNX or engine file is run as it is.
     """
     from sam_mmseg_ros.engine.engine_cache import default_cache_dir
 
@@ -148,7 +152,8 @@ def create_backend(kind: str = "auto", *, checkpoint: str | os.PathLike | None =
     log = logger or LOG
     req = _Request(checkpoint, onnx_path, engine_path, engine_trusted, precision, device,
                    tuple(int(v) for v in input_size) if input_size else None, allow_build,
-                   Path(cache_dir) if cache_dir is not None else default_cache_dir(), log)
+                   Path(cache_dir) if cache_dir is not None else default_cache_dir(), log,
+                   tuple(tasks) if tasks is not None else None)
     candidates = KINDS[kind]
     skipped: list[str] = []
     for candidate in candidates:

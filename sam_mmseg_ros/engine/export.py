@@ -279,20 +279,22 @@ def _check_io(proto: onnx.ModelProto, num_modalities: int, height: int, width: i
 
 
 def export_checkpoint(checkpoint: str | os.PathLike | None, output: str | os.PathLike, *, precision: str = "fp32",
-                      input_size: tuple[int, int] | None = None, opset: int = OPSET) -> Path:
+                      input_size: tuple[int, int] | None = None, opset: int = OPSET,
+                      tasks: tuple[str, ...] | None = None) -> Path:
     """Load a checkpoint (None: the shipped default, else a random untrained tiny model) and
-    export it with its metadata."""
+    export it with its metadata; `tasks` keeps only those of the model's tasks (None: all)."""
     from sam_mmseg_ros.engine.torch_backend import TorchBackend
 
-    backend = TorchBackend.from_checkpoint(checkpoint, "cpu")
+    backend = TorchBackend.from_checkpoint(checkpoint, "cpu", tasks=tasks)
     size = tuple(input_size) if input_size else tuple(backend.metadata["input_size"])
     metadata = {**backend.metadata, "input_size": list(size)}
     return export_model(backend.model, output, input_size=size, metadata=metadata, precision=precision, opset=opset)
 
 
 def cached_export(checkpoint: str | os.PathLike | None, cache_dir: str | os.PathLike, *, precision: str,
-                  input_size: tuple[int, int] | None = None) -> Path:
-    """Export once per (checkpoint content, precision, size) into `<cache_dir>/onnx/` and reuse it.
+                  input_size: tuple[int, int] | None = None, tasks: tuple[str, ...] | None = None) -> Path:
+    """Export once per (checkpoint content, precision, size, tasks kept) into `<cache_dir>/onnx/`
+    and reuse it.
 
     The key is the checkpoint file's sha256 (for no checkpoint, the default model's hash), so a
     checkpoint replaced in place is noticed. fp16 is derived from the cached fp32 export.
@@ -308,7 +310,8 @@ def cached_export(checkpoint: str | os.PathLike | None, cache_dir: str | os.Path
 
         identity = TorchBackend.from_checkpoint(None, "cpu").metadata["model_hash"]
     size = "x".join(str(int(v)) for v in input_size) if input_size else "native"
-    path = Path(cache_dir) / "onnx" / f"model-{identity[:16]}-{precision}-{size}.onnx"
+    kept = "" if tasks is None else "-" + "+".join(tasks)
+    path = Path(cache_dir) / "onnx" / f"model-{identity[:16]}-{precision}-{size}{kept}.onnx"
     if path.is_file():
         try:
             onnx.checker.check_model(str(path))
@@ -317,10 +320,10 @@ def cached_export(checkpoint: str | os.PathLike | None, cache_dir: str | os.Path
         except (onnx.checker.ValidationError, OSError) as exc:
             LOG.warning("cached ONNX %s is unusable (%s); exporting again", path, exc)
     if precision == "fp16":
-        fp32 = cached_export(checkpoint, cache_dir, precision="fp32", input_size=input_size)
+        fp32 = cached_export(checkpoint, cache_dir, precision="fp32", input_size=input_size, tasks=tasks)
         return convert_file_to_fp16(fp32, path)
     LOG.info("exporting %s to ONNX (%s), once for this checkpoint", checkpoint or "the default model", precision)
-    return export_checkpoint(checkpoint, path, precision=precision, input_size=input_size)
+    return export_checkpoint(checkpoint, path, precision=precision, input_size=input_size, tasks=tasks)
 
 
 # --------------------------------------------------------------------------- CLI

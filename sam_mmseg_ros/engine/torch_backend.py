@@ -77,9 +77,10 @@ class TorchBackend(DummyFrameWarmup):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "cpu",
-                        precision: str = "fp32") -> TorchBackend:
+                        precision: str = "fp32", tasks: tuple[str, ...] | None = None) -> TorchBackend:
         """Load `path`; None means the checkpoint shipped with the package, or, when there is
-        none, a randomly initialised `tiny` model with metadata trained=False."""
+        none, a randomly initialised `tiny` model with metadata trained=False. `tasks` keeps only
+        those of the model's tasks (MoELoRASAM.with_tasks); None keeps all."""
         from sam_mmseg_ros.model.checkpoint import default_checkpoint_path, load_checkpoint
 
         path = Path(path) if path is not None else default_checkpoint_path()
@@ -92,6 +93,8 @@ class TorchBackend(DummyFrameWarmup):
                 model = build_model(UNTRAINED_MODEL)
             return cls(model, device, precision, metadata={"trained": False, "checkpoint": None})
         model, extra = load_checkpoint(path, map_location="cpu")
+        if tasks is not None:
+            model = model.with_tasks(tasks)
         # What each slot was trained on (none recorded: the native encoders, the only ones before
         # the record existed); checked, and refused if unknown, where the inputs are made.
         metadata = {"trained": bool(extra.get("trained", True)), "checkpoint": str(path),

@@ -86,6 +86,24 @@ class MoELoRASAM(nn.Module):
         tasks' (contracts.TASK_OUTPUTS)."""
         return tuple(name for task in self.config.tasks for name in TASK_OUTPUTS[task])
 
+    def with_tasks(self, tasks) -> MoELoRASAM:
+        """This model restricted to `tasks` (some of its own, semantic first), e.g. without depth
+        when a deployment does not want it: the dropped tasks' heads and task cores are left out,
+        so neither the model nor a graph exported from it computes them. Returns `self` when
+        nothing is dropped."""
+        tasks = tuple(tasks)
+        if tasks == self.config.tasks:
+            return self
+        if not set(tasks) <= set(self.config.tasks):
+            raise ValueError(f"the model has the tasks {list(self.config.tasks)}, not {list(tasks)}")
+        kept = [self.config.tasks.index(t) for t in tasks]
+        model = MoELoRASAM(self.config.with_overrides(tasks=tasks))
+        own = model.state_dict()
+        state = {key: value[kept] if ".lora_core_" in key and value.shape != own[key].shape else value
+                 for key, value in self.state_dict().items() if key in own}
+        model.load_state_dict(state)
+        return model.train(self.training)
+
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) number of parameters."""
         params = list(self.parameters())
