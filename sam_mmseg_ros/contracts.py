@@ -46,6 +46,7 @@ below, so a replay feeds a node started with defaults."""
 
 BAG_TOPICS: dict[str, str] = {k: f"/{NODE_NAME}/{v[2:]}" for k, v in INPUT_TOPICS.items()}
 GROUND_TRUTH_TOPIC = f"/{NODE_NAME}/ground_truth/labels"  # mono8 class ids, camera header
+GROUND_TRUTH_DEPTH_TOPIC = f"/{NODE_NAME}/ground_truth/depth"  # 32FC1 metres, NaN where unknown (sky)
 CONDITION_TOPIC = f"/{NODE_NAME}/ground_truth/condition"  # std_msgs/String: weather of each frame
 CAMERA_RECORD_DELAY_NS = 10_000_000
 """Bags record a frame's camera image (and ground truth) this long after its depth, events and

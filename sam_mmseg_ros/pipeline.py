@@ -112,10 +112,12 @@ class SegmentationPipeline:
         return FrameResult(bundle.stamp_ns, bundle.frame_id, labels, confidence, router_weights, health,
                            painted, timings, errors, rgb, depth_m)
 
-    def labels_with_only(self, keep: tuple[str, ...]) -> np.ndarray:
-        """Labels of the frame `run` just segmented, as if only the `keep` modalities had been
-        present (evaluation of sensor failures). The encoded input is reused with the other slots
-        zeroed and masked: exactly what `preprocess` gives a modality that is absent."""
+    def outputs_with_only(self, keep: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(labels, depth or None) of the frame `run` just segmented, at camera resolution, as if
+        only the `keep` modalities had been present (evaluation of sensor failures). The encoded
+        input is reused with the other slots zeroed and masked: exactly what `preprocess` gives a
+        modality that is absent."""
         mask = self._mask * np.array([[m in keep for m in MODALITIES]], np.float32)
         out = self.backend.infer(self._images * mask[:, :, None, None, None], mask)
-        return resize_nearest(np.asarray(out["labels"])[0], *self._camera_size).astype(np.uint8)
+        labels = resize_nearest(np.asarray(out["labels"])[0], *self._camera_size).astype(np.uint8)
+        return labels, (depth_image(out["depth"][0], labels) if "depth" in out else None)

@@ -136,3 +136,73 @@ def test_feeder_marks_an_undecodable_message_invalid_and_keeps_going(bag, backen
     assert "truncated" in node.feeder.problems.current["depth"]
     assert len(results) == len(CONDITIONS) * FRAMES_PER_CONDITION
     assert all(r.health["depth"].state == "invalid" and r.health["rgb"].state == "ok" for r in results)
+
+
+@pytest.fixture(scope="module")
+def depth_backend():
+    """An untrained multi-task model: the plumbing of depth scoring, not its quality."""
+    import torch
+
+    from sam_mmseg_ros.engine.torch_backend import TorchBackend
+    from sam_mmseg_ros.model import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("tiny_talora", img_size=64, depth=2, global_attn_indexes=(1,),
+                            aux_block_indexes=(0, 1), decoder_depth=1)
+    return TorchBackend(model, "cpu", "fp32")
+
+
+@pytest.fixture(scope="module")
+def holed_bag(tmp_path_factory):
+    """Two frames whose depth camera lost a 16x16 block (the ground truth keeps it)."""
+    from dataclasses import replace
+
+    path = tmp_path_factory.mktemp("eval_holes") / "bag"
+    frames = []
+    for frame in generate_sequence(SequenceConfig(width=64, height=48, num_frames=2, condition="fog", seed=5)):
+        holed = frame.depth.copy()
+        holed[24:40, 8:24] = 0.0
+        frames.append(replace(frame, depth=holed, depth_true=frame.depth))
+    write_bag(frames, path)
+    return path
+
+
+def test_depth_is_scored_per_subset_and_condition_and_in_the_sensors_holes(holed_bag, depth_backend, backend,
+                                                                           tmp_path):
+    from sam_mmseg_ros.eval.metrics import DepthErrors
+    from sam_mmseg_ros.eval.offline import read_ground_truth
+
+    subsets = {FULL: SUBSETS[FULL], "without depth": SUBSETS["without depth"]}
+    result = evaluate_bag(holed_bag, depth_backend, overrides=OVERRIDES, subsets=subsets, progress=False)
+    assert set(result.depth) == set(subsets) and set(result.depth_per_condition[FULL]) == {"fog"}
+    assert set(result.depth_holes) == {FULL}  # only subsets with the depth sensor
+    truth = read_ground_truth(holed_bag)[2]
+    assert len(truth) == 2 and all(t.shape == (48, 64) for t in truth.values())
+    scored = sum(int(np.count_nonzero(np.isfinite(t) & (t <= 80))) for t in truth.values())
+    full = result.depth[FULL]
+    assert full.count + full.missing == scored and full.count > 0.5 * scored  # NaN only where labels say sky
+    holes = result.depth_holes[FULL]
+    assert 0 < holes.count + holes.missing <= 2 * 16 * 16
+    assert isinstance(result.depth["without depth"], DepthErrors)
+
+    summary = write_report(result, tmp_path, title="depth", with_figures=False)
+    assert summary["depth"][FULL]["pixels"] == full.count and summary["depth_in_sensor_holes"][FULL]["pixels"]
+    assert summary["depth_per_condition"]["without depth"]["fog"]["abs_rel"] > 0
+    report = (tmp_path / "report.md").read_text()
+    assert "Depth by modality subset" in report and "hole filling" in report and "without depth" in report
+
+    plain = evaluate_bag(holed_bag, backend, overrides=OVERRIDES, subsets={}, progress=False)
+    assert not plain.depth and write_report(plain, tmp_path / "plain", with_figures=False)["depth"] == {}
+    assert "Depth by" not in (tmp_path / "plain" / "report.md").read_text()  # no depth task, no depth section
+
+
+def test_deliver_eval_scores_depth(tmp_path, depth_backend):
+    from sam_mmseg_ros.data.deliver import write_deliver_fixture
+    from sam_mmseg_ros.engine.torch_backend import TorchBackend
+
+    root = write_deliver_fixture(tmp_path / "DELIVER", frames_per_condition=1, size=(64, 64), splits=("test",),
+                                 conditions=CONDITIONS)
+    deliver = TorchBackend(depth_backend.model, "cpu", metadata={"encodings": DELIVER, "checkpoint": "deliver.pt"})
+    result = evaluate_deliver(root, deliver, split="test", subsets={"RGB": SUBSETS["RGB"]}, progress=False)
+    assert set(result.depth) == {FULL, "RGB"} and result.depth[FULL].count > 0

@@ -142,13 +142,14 @@ def test_projected_points_give_camera_frame_positions_of_a_rotated_lidar():
 
 
 @pytest.mark.parametrize("keep", [("rgb",), ("rgb", "depth"), ("rgb", "depth", "event"), ("rgb", "event", "lidar")])
-def test_labels_with_only_equal_a_run_without_the_other_sensors(keep):
+def test_outputs_with_only_equal_a_run_without_the_other_sensors(keep):
     """Evaluation reuses one encoding per frame for every modality subset: the model input must be
     exactly what the pipeline builds when those sensors are really absent."""
     pipeline = make_pipeline()
     bundle = make_bundle()
     full = pipeline.run(bundle, bundle.stamp_ns, T_CAMERA_LIDAR)
-    subset_labels = pipeline.labels_with_only(keep)
+    subset_labels, subset_depth = pipeline.outputs_with_only(keep)
+    assert subset_depth is None  # a model without the depth task
     masked_images, masked_mask = pipeline.backend.images[-1], pipeline.backend.masks[-1]
 
     removed = {m: None for m in MODALITIES if m not in keep}

@@ -139,6 +139,11 @@ class SyntheticFrame:
     events: EventArray  # events since the previous frame
     condition: str
     failures: tuple[str, ...]
+    depth_true: np.ndarray | None = None  # ground truth where the depth camera's `depth` differs; None: exact
+
+    def ground_truth_depth(self) -> np.ndarray:
+        """float32 [H, W] metres along the optical axis, 0 = none (sky): the depth task's target."""
+        return self.depth if self.depth_true is None else self.depth_true
 
     def to_bundle(self) -> FrameBundle:
         """The frame as the node's assembler would hand it over, every modality present."""
@@ -921,7 +926,7 @@ class SyntheticDataset:
             sample = {"images": np.asarray(encoded.model_input.images[0], np.float32),
                       "modality_mask": np.asarray(encoded.model_input.modality_mask[0], np.float32),
                       "label": resize_nearest(frame.labels, *self.size),
-                      "depth": resize_nearest(frame.depth, *self.size),  # metres, 0 = sky
+                      "depth": resize_nearest(frame.ground_truth_depth(), *self.size),  # metres, 0 = sky
                       "condition": condition}
             self._cache[first + offset] = sample
             if self.cache_dir is not None:

@@ -78,6 +78,7 @@ def render_markdown(summary: dict, title: str, figures: list[str] | None = None,
     lines += _breakdown("mIoU per condition (%)", summary["miou_per_condition"])
     if any(c != "normal" for d in summary.get("miou_per_case", {}).values() for c in d):
         lines += _breakdown("mIoU per sensor-failure case (%)", summary["miou_per_case"])
+    lines += depth_sections(summary)
     present = {c: v for c, v in summary["class_iou"].items() if v is not None}
     if present:
         lines += ["", f"## Per-class IoU ({FULL}, classes that occur)", "", "| class | IoU (%) |", "|---|---|"]
@@ -111,5 +112,32 @@ def _breakdown(title: str, per_subset: dict[str, dict[str, float | None]]) -> li
                     for subset, per in per_subset.items()]
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
+def depth_sections(summary: dict) -> list[str]:
+    """Markdown tables of the depth errors (models with the depth task): per subset, AbsRel per
+    condition, and in the depth sensor's holes."""
+    if not summary.get("depth"):
+        return []
+    first = next(iter(summary["depth"].values()))
+    lines = ["", f"## Depth by modality subset (ground truth up to {first['max_depth_m']:g} m)", "",
+             "| subset | AbsRel | RMSE (m) | δ<1.25 (%) | pixels |", "|---|---|---|---|---|"]
+    for subset, e in summary["depth"].items():
+        lines.append(f"| {subset} | {_fmt(e['abs_rel'], 3)} | {_fmt(e['rmse_m'], 2)} | "
+                     f"{_fmt(None if e['delta1'] is None else 100 * e['delta1'])} | {e['pixels']} |")
+    conditions = sorted({c for d in summary["depth_per_condition"].values() for c in d})
+    lines += ["", "## Depth AbsRel per condition", "", "| subset | " + " | ".join(conditions) + " |",
+              "|---|" + "---|" * len(conditions)]
+    for subset, per in summary["depth_per_condition"].items():
+        lines.append(f"| {subset} | " + " | ".join(_fmt((per.get(c) or {}).get("abs_rel"), 3) for c in conditions)
+                     + " |")
+    holes = summary.get("depth_in_sensor_holes", {})
+    if holes:
+        lines += ["", "## Depth where the depth sensor had no value (hole filling)", "",
+                  "| subset | AbsRel | RMSE (m) | δ<1.25 (%) | pixels |", "|---|---|---|---|---|"]
+        for subset, e in holes.items():
+            lines.append(f"| {subset} | {_fmt(e['abs_rel'], 3)} | {_fmt(e['rmse_m'], 2)} | "
+                         f"{_fmt(None if e['delta1'] is None else 100 * e['delta1'])} | {e['pixels']} |")
+    return lines
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
