@@ -2,7 +2,9 @@
 
 A model with the depth task (config.tasks) learns both tasks at once: OHEM cross-entropy on the
 labels plus `depth_weight` x the log-depth L1 on the dataset's metric depth, under the same
-modality dropout, so depth is also learned without the depth sensor. `init_checkpoint` with
+modality dropout, so depth is also learned without the depth sensor, and with `depth_holes` the
+depth camera's input loses patches and far pixels (data/depth_holes.py) while the target keeps
+them, so the model learns to fill its holes. `init_checkpoint` with
 `model_overrides` starts a model that extends the checkpoint's (task-aware adapters, more tasks)
 from its weights.
 
@@ -29,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -74,6 +77,7 @@ class TrainConfig:
     train_experts: bool = True  # False keeps the LoRA experts at their init (encoder pretraining)
     aux_weight: float = 0.4
     depth_weight: float = 1.0  # weight of the depth loss (models with the depth task)
+    depth_holes: float = 0.0  # probability that a sample's depth input gets a depth camera's holes
     ohem_thresh: float = 0.7
     checkpoint_every: int = 500
     log_every: int = 10
@@ -206,10 +210,28 @@ def _prepare_batch(batch: dict, config: TrainConfig, runtime: _Runtime, step: in
     elif config.modality_dropout > 0:
         mask = modality_dropout(mask, _step_generator(config, runtime.rank, step), config.modality_dropout)
     images = images * mask[:, :, None, None, None]
+    if config.depth_holes > 0 and "depth" in batch:
+        images = _with_depth_holes(images, mask, batch["depth"], config, runtime.rank, step)
     device = runtime.device
     depth = batch["depth"].to(device, non_blocking=True) if "depth" in batch else None
     return (images.to(device, non_blocking=True), mask.to(device, non_blocking=True),
             batch["label"].to(device, non_blocking=True), depth)
+
+
+def _with_depth_holes(images: torch.Tensor, mask: torch.Tensor, depth: torch.Tensor, config: TrainConfig,
+                      rank: int, step: int) -> torch.Tensor:
+    """Zero the depth slot where a depth camera would have no value (what the encoder gives an
+    invalid pixel), in a `depth_holes` share of the samples that have depth; drawn from (seed,
+    rank, step) like the modality dropout."""
+    from sam_mmseg_ros.data.depth_holes import depth_hole_mask
+
+    rng = np.random.default_rng([config.seed, rank, step, 1])
+    slot = MODALITY_INDEX["depth"]
+    images = images.clone()
+    for i in np.flatnonzero((rng.random(len(images)) < config.depth_holes) & (mask[:, slot] > 0).numpy()):
+        holes = torch.from_numpy(depth_hole_mask(depth[i].numpy(), rng))
+        images[i, slot, :, holes] = 0.0
+    return images
 
 
 def _build_or_load(config: TrainConfig) -> tuple[nn.Module, dict]:
@@ -507,12 +529,13 @@ PRESETS: dict[str, Preset] = {
         description="semantic labels and dense metric depth from one model: the shipped model's "
                     "encoder and experts with task-aware (TA-LoRA) adapters and a depth decoder, both "
                     "tasks trained together with modality dropout (`--adapters experts --tasks "
-                    "semantic` trains the single-task model with the same budget)",
+                    "semantic` trains the single-task model with the same budget); the depth camera's input "
+                    "gets holes in half the samples, so the model learns to fill them",
         base={"model": "tiny", "img_size": 128, "batch_size": 8, "warmup_steps": 50,
               "init_checkpoint": str(DEFAULT_CHECKPOINT),
               "model_overrides": {"adapters": "ta_lora", "tasks": ["semantic", "depth"]}},
         stages=(Stage("tasks", {"steps": 600, "lr": 5e-4, "train_encoder": False, "train_experts": True,
-                                "rgb_only": False, "modality_dropout": 0.3}),),
+                                "rgb_only": False, "modality_dropout": 0.3, "depth_holes": 0.5}),),
         dataset={"dataset": "synthetic", "train_frames": 1024, "val_frames": 64},
     ),
 }
@@ -579,6 +602,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         "or ta_lora (experts with task-shared and task-specific factors, one path per task)")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, help="what the model predicts (semantic first)")
     parser.add_argument("--depth-weight", type=float, help="weight of the depth loss")
+    parser.add_argument("--depth-holes", type=float, metavar="P",
+                        help="probability of punching a depth camera's holes into a sample's depth input")
     parser.add_argument("--modality-dropout", type=float, metavar="P",
                         help="probability of dropping each modality in a sample (never all)")
     parser.add_argument("--train-encoder", action="store_true", default=None,
@@ -597,7 +622,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 _CONFIG_ARGS = ("model", "img_size", "sam_checkpoint", "init_checkpoint", "steps", "batch_size", "lr",
                 "modality_dropout", "train_encoder", "amp", "checkpoint_every", "num_workers", "seed",
-                "device", "out_dir", "progress", "depth_weight")
+                "device", "out_dir", "progress", "depth_weight", "depth_holes")
 _MODEL_ARGS = ("adapters", "tasks")
 """Options that are ModelConfig fields (TrainConfig.model_overrides)."""
 

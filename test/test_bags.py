@@ -99,6 +99,16 @@ def test_make_bag_cli(tmp_path):
     assert stamps == sorted(stamps) and len(set(stamps)) == 4  # the two sequences follow each other
     assert cli_main(["make-bag", str(out), "--frames", "1"]) == 1  # never overwrites
 
+    holed = tmp_path / "holed_bag"
+    assert cli_main(["make-bag", str(holed), "--frames", "2", "--size", "48x32", "--depth-holes"]) == 0
+    by_topic = {}
+    for topic, _, _, msg in read_bag(holed):
+        by_topic.setdefault(topic, []).append(image_to_numpy(msg).array if "depth" in topic else None)
+    for sensor, truth in zip(by_topic[BAG_TOPICS["depth"]], by_topic[GROUND_TRUTH_DEPTH_TOPIC], strict=True):
+        known = np.isfinite(truth)
+        assert known.any() and (known & (sensor == 0)).any()  # the depth camera lost pixels the truth has
+        np.testing.assert_array_equal(sensor[sensor > 0], truth[sensor > 0])
+
 
 def test_make_bag_from_deliver(tmp_path):
     from sam_mmseg_ros.data.deliver import write_deliver_fixture

@@ -398,3 +398,25 @@ def test_init_from_a_single_task_checkpoint(deliver_root, tmp_path):
                  "--out", str(out), "--no-progress"]) == 0
     trained, extra = load_checkpoint(out / "model.pt")
     assert trained.config.tasks == ("semantic", "depth") and trained.config.adapters == "ta_lora"
+
+
+def test_depth_holes_model_and_training_augmentation():
+    from sam_mmseg_ros.data.depth_holes import RANGE_M, depth_hole_mask
+    from sam_mmseg_ros.train import _with_depth_holes
+
+    depth = np.tile(np.linspace(1.0, 100.0, 64, dtype=np.float32), (32, 1))
+    holes = depth_hole_mask(depth, np.random.default_rng(0))
+    assert holes.shape == (32, 64) and holes[:, depth[0] > RANGE_M[1]].all() and not holes.all()
+    assert np.array_equal(holes, depth_hole_mask(depth, np.random.default_rng(0)))  # reproducible
+
+    images = torch.rand(6, 4, 3, 32, 64) + 0.1
+    mask = torch.ones(6, 4)
+    mask[5, 1] = 0.0  # no depth camera in this sample: nothing to punch
+    config = TrainConfig(depth_holes=0.99, seed=3)
+    out = _with_depth_holes(images, mask, torch.from_numpy(np.stack([depth] * 6)), config, rank=0, step=7)
+    assert torch.equal(out[:, [0, 2, 3]], images[:, [0, 2, 3]])  # other modalities untouched
+    punched = (out[:, 1] == 0).all(dim=1)  # [6, 32, 64]: pixels zero in all 3 channels
+    assert all(punched[i][:, depth[0] > RANGE_M[1]].all() for i in range(5)) and not punched[5].any()
+    assert torch.equal(out, _with_depth_holes(images, mask, torch.from_numpy(np.stack([depth] * 6)), config, 0, 7))
+    assert torch.equal(_with_depth_holes(images, mask, torch.from_numpy(np.stack([depth] * 6)),
+                                         TrainConfig(depth_holes=1e-9), 0, 7), images)

@@ -395,6 +395,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "default sun; DELIVER: which conditions to take, default all")
     parser.add_argument("--failures", type=_names, default=(), help=f"comma-separated ({','.join(FAILURES)})")
     parser.add_argument("--lidar-beams", type=int, choices=(32, 64), default=32)
+    parser.add_argument("--depth-holes", action="store_true",
+                        help="synthetic: the depth camera loses far pixels and patches (data/depth_holes.py); "
+                             "the ground-truth depth keeps them")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--storage", choices=STORAGES, default="mcap")
@@ -423,7 +426,19 @@ def _synthetic_frames(args) -> tuple[Iterator, int]:
                               start_ns=SequenceConfig.start_ns + i * args.frames * period_ns)
                for i, condition in enumerate(conditions)]
     frames = (frame for config in configs for frame in generate_sequence(config))
+    if args.depth_holes:
+        frames = (_with_depth_holes(frame, np.random.default_rng([args.seed, k])) for k, frame in enumerate(frames))
     return frames, args.frames * len(configs)
+
+
+def _with_depth_holes(frame, rng: np.random.Generator):
+    """The frame as a depth camera with holes records it; its exact depth becomes the ground truth."""
+    from dataclasses import replace
+
+    from sam_mmseg_ros.data.depth_holes import depth_hole_mask
+
+    truth = frame.ground_truth_depth()
+    return replace(frame, depth=np.where(depth_hole_mask(truth, rng), np.float32(0.0), frame.depth), depth_true=truth)
 
 
 def _deliver_frames(args) -> tuple[Iterator, int]:
