@@ -36,6 +36,9 @@ LOG = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "synthetic_tiny.pt"
+MULTITASK_CHECKPOINT = DEFAULT_CHECKPOINT.with_name("synthetic_tiny_talora.pt")
+"""The shipped multi-task model (semantic labels and metric depth, TA-LoRA adapters): run it with
+`checkpoint:=<this path>`; docs/RESULTS.md says how it was trained and how it scores."""
 _LISTED = 5  # keys named per category in an error message
 MAX_CHECKPOINT_BYTES = 4 << 30
 """Largest archive content read: official ViT-H SAM is 2.56 GB, ours with it adds experts, heads
