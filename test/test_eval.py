@@ -206,3 +206,24 @@ def test_deliver_eval_scores_depth(tmp_path, depth_backend):
     deliver = TorchBackend(depth_backend.model, "cpu", metadata={"encodings": DELIVER, "checkpoint": "deliver.pt"})
     result = evaluate_deliver(root, deliver, split="test", subsets={"RGB": SUBSETS["RGB"]}, progress=False)
     assert set(result.depth) == {FULL, "RGB"} and result.depth[FULL].count > 0
+
+
+def test_comparison_tables_from_metrics_files(tmp_path, capsys):
+    from sam_mmseg_ros.eval.report import main as compare
+
+    depth = {"abs_rel": 0.1, "rmse_m": 5.0, "delta1": 0.9, "pixels": 10, "missing_predictions": 0, "max_depth_m": 80.0}
+    multi = {"miou": {FULL: 40.0, "RGB": 35.0}, "miou_per_condition": {FULL: {"fog": 38.0, "sun": 42.0}},
+             "depth": {FULL: depth, "RGB": {**depth, "abs_rel": 0.2}},
+             "depth_per_condition": {FULL: {"fog": depth, "sun": depth}}, "depth_in_sensor_holes": {FULL: depth}}
+    single = {"miou": {FULL: 40.5, "RGB": None}, "miou_per_condition": {FULL: {"fog": 39.0, "sun": 42.0}},
+              "depth": {}, "depth_per_condition": {}, "depth_in_sensor_holes": {}}
+    paths = []
+    for name, summary in (("multi", multi), ("single", single)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(summary))
+    assert compare([f"multi-task={paths[0]}", f"single-task={paths[1]}"]) == 0
+    out = capsys.readouterr().out
+    assert f"| {FULL} | 40.0 | 40.5 | -0.5 |" in out and "| RGB | 35.0 | n/a | n/a |" in out
+    assert "| single-task | 39.0 | 42.0 |" in out
+    assert "### multi-task: depth" in out and "### single-task: depth" not in out
+    assert "| RGB | 0.200 | 5.00 | 90.0 | 10 |" in out and "0.100 · 5.0 m · 90 %" in out and "hole filling" in out
