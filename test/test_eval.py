@@ -176,7 +176,9 @@ def test_depth_is_scored_per_subset_and_condition_and_in_the_sensors_holes(holed
     subsets = {FULL: SUBSETS[FULL], "without depth": SUBSETS["without depth"]}
     result = evaluate_bag(holed_bag, depth_backend, overrides=OVERRIDES, subsets=subsets, progress=False)
     assert set(result.depth) == set(subsets) and set(result.depth_per_condition[FULL]) == {"fog"}
-    assert set(result.depth_holes) == {FULL}  # only subsets with the depth sensor
+    assert set(result.depth_holes) == set(subsets)  # without the sensor: the same pixels, for comparison
+    assert result.depth_holes["without depth"].count + result.depth_holes["without depth"].missing == \
+        result.depth_holes[FULL].count + result.depth_holes[FULL].missing
     truth = read_ground_truth(holed_bag)[2]
     assert len(truth) == 2 and all(t.shape == (48, 64) for t in truth.values())
     scored = sum(int(np.count_nonzero(np.isfinite(t) & (t <= 80))) for t in truth.values())

@@ -8,8 +8,9 @@ same assembled frame with the other modalities removed, as when those sensors fa
 vehicle. Everything is deterministic: the clock is the bag's record time.
 
 A model with the depth task is also scored on the bag's ground-truth depth (AbsRel, RMSE, delta1
-per subset and condition), and, for subsets with the depth sensor, on the pixels where the depth
-image had no value: how well the model fills the sensor's holes.
+per subset and condition), and on the pixels where the depth image had no value: how well the
+model fills the sensor's holes (subsets without the depth sensor show the same pixels predicted
+without it, for comparison).
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
             for name, (pred, depth) in outputs.items():
                 result.add(name, cond, pred, gt)
                 if depth is not None and gt_depth is not None:
-                    result.add_depth(name, cond, depth, gt_depth, holes if "depth" in subsets[name] else None)
+                    result.add_depth(name, cond, depth, gt_depth, holes)
             if keep_labels:
                 result.labels[stamp] = outputs[FULL][0]
             if result.frames % mosaic_every == 0 and len(result.mosaic) < MOSAIC_FRAMES and rgb is not None:

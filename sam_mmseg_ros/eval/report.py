@@ -130,7 +130,8 @@ def depth_sections(summary: dict) -> list[str]:
         lines.append(f"| {subset} | " + " | ".join(_depth_cell(per.get(c)) for c in conditions) + " |")
     holes = summary.get("depth_in_sensor_holes", {})
     if holes:
-        lines += ["", "## Depth where the depth sensor had no value (hole filling)", "",
+        lines += ["", "## Depth where the depth sensor had no value (hole filling; subsets without it: the same "
+                  "pixels)", "",
                   "| subset | AbsRel | RMSE (m) | δ<1.25 (%) | pixels |", "|---|---|---|---|---|"]
         for subset, e in holes.items():
             lines.append(f"| {subset} | {_fmt(e['abs_rel'], 3)} | {_fmt(e['rmse_m'], 2)} | "

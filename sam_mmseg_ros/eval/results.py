@@ -58,8 +58,8 @@ class EvalResult:
     per_case: dict[str, dict[str, ConfusionMatrix]] = field(default_factory=dict)  # subset → failure case
     depth: dict[str, DepthErrors] = field(default_factory=dict)  # per subset (depth models)
     depth_per_condition: dict[str, dict[str, DepthErrors]] = field(default_factory=dict)  # subset → cond
-    depth_holes: dict[str, DepthErrors] = field(default_factory=dict)  # per subset with the depth sensor:
-    # only where the depth sensor gave no value (depth completion)
+    depth_holes: dict[str, DepthErrors] = field(default_factory=dict)  # per subset: only where the
+    # depth sensor gave no value (depth completion; without the sensor: the same pixels, for comparison)
     timings_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     latency_note: str = ""
     health_counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
