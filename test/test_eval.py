@@ -227,5 +227,5 @@ def test_comparison_tables_from_metrics_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"| {FULL} | 40.0 | 40.5 | -0.5 |" in out and "| RGB | 35.0 | n/a | n/a |" in out
     assert "| single-task | 39.0 | 42.0 |" in out
-    assert "### multi-task: depth" in out and "### single-task: depth" not in out
+    assert "#### multi-task: depth" in out and "#### single-task: depth" not in out
     assert "| RGB | 0.200 | 5.00 | 90.0 | 10 |" in out and "0.100 · 5.0 m · 90 %" in out and "hole filling" in out

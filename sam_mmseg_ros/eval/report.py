@@ -173,8 +173,8 @@ def comparison_markdown(summaries: dict[str, dict]) -> str:
     for name, s in summaries.items():
         sections = depth_sections(s)
         if sections:
-            lines += ["", f"### {name}: depth"] + [line.replace("## ", "#### ", 1) if line.startswith("## ") else line
-                                                    for line in sections]
+            lines += ["", f"#### {name}: depth"] + [line.replace("## ", "##### ", 1) if line.startswith("## ") else line
+                                                     for line in sections]
     return "\n".join(lines) + "\n"
 
 
