@@ -191,8 +191,8 @@ def test_depth_image_is_camera_resolution_metres_with_nan_over_sky():
 
 
 def test_run_gives_depth_at_camera_resolution_when_the_model_has_it():
-    config = PreprocessConfig(input_size=INPUT, depth_encoding="inverse")
-    pipeline = SegmentationPipeline(DepthStripesBackend(), config, HealthMonitor(HealthThresholds()))
+    pipeline = make_pipeline()
+    pipeline.backend = DepthStripesBackend()
     result = pipeline.run(make_bundle(), 10**18, T_CAMERA_LIDAR)
     assert result.depth.shape == (H, W) and result.depth.dtype == np.float32
     sky = result.labels == SKY
