@@ -291,7 +291,7 @@ def test_checkpoint_exports_once_into_the_cache(exported, tmp_path, monkeypatch)
     """Export is keyed by the checkpoint's content; fp16 is derived from the cached fp32 file."""
     calls = []
 
-    def fake_export(checkpoint, output, *, precision, input_size=None, opset=None):
+    def fake_export(checkpoint, output, *, precision, input_size=None, opset=None, tasks=None):
         calls.append((checkpoint, precision))
         output.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(exported.fp32, output)
