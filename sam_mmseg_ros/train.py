@@ -42,7 +42,7 @@ from tqdm import tqdm
 from sam_mmseg_ros.contracts import IGNORE_LABEL, MODALITY_INDEX
 from sam_mmseg_ros.data.dataset import modality_dropout
 from sam_mmseg_ros.model.checkpoint import DEFAULT_CHECKPOINT
-from sam_mmseg_ros.model.config import ADAPTERS, TASKS
+from sam_mmseg_ros.model.config import ADAPTERS, MODEL_CONFIGS, TASKS
 from sam_mmseg_ros.model.losses import LogDepthL1, SegmentationLoss
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class TrainConfig:
     img_size: int = 256
     num_classes: int = 25
     model_overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"depth": 2}
-    sam_checkpoint: str | None = None  # official SAM weights for the encoder
+    sam_checkpoint: str | None = None  # official SAM / SAM2 weights for the encoder (and SAM's parts)
     init_checkpoint: str | None = None  # start from our checkpoint's weights (a previous stage)
     steps: int = 2000
     batch_size: int = 8  # per process
@@ -410,7 +410,8 @@ def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, r
         # skipped; so DDP need not search the graph for unused parameters.
         wrapped = DistributedDataParallel(
             wrapped, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    criterion = SegmentationLoss(aux_weight=config.aux_weight, thresh=config.ohem_thresh)
+    criterion = SegmentationLoss(aux_weight=config.aux_weight, thresh=config.ohem_thresh,
+                                 prototypes=model.prototype_memory, prototype_weight=model.config.prototype_weight)
     depth_criterion = LogDepthL1() if "depth" in model.config.tasks else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     metrics = (out_dir / METRICS_LOG).open("a") if runtime.is_main else None
@@ -591,9 +592,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "images, as in papers; a node can then only take ready HHA images)")
     parser.add_argument("--train-frames", type=int, help="synthetic: number of training frames")
     parser.add_argument("--val-frames", type=int, help="synthetic: number of validation frames (0: none)")
-    parser.add_argument("--model", help="model config name: tiny, vit_b, vit_l, vit_h")
-    parser.add_argument("--img-size", type=int, help="square model input size (multiple of 16)")
-    parser.add_argument("--sam-checkpoint", help="official SAM checkpoint (.pth) for the image encoder")
+    parser.add_argument("--model", help="model config name: " + ", ".join(MODEL_CONFIGS)
+                        + " (SAM ViT; MoE-LoRA on SAM2 Hiera; MemorySAM; CPU-sized ones)")
+    parser.add_argument("--img-size", type=int, help="square model input size (multiple of 16; 32 for hiera and memorysam)")
+    parser.add_argument("--sam-checkpoint", help="official SAM (.pth, vit models) or SAM2/SAM2.1 (.pt, hiera and "
+                                                 "memorysam models) checkpoint for the image encoder and SAM's parts")
     parser.add_argument("--init-checkpoint", help="start from the weights of one of our checkpoints")
     parser.add_argument("--steps", type=int, help="optimizer steps (with --preset: of every stage)")
     parser.add_argument("--batch-size", type=int, help="per process")

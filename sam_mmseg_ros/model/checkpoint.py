@@ -186,16 +186,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def load_sam_weights(model: MoELoRASAM, path_or_state_dict: str | os.PathLike | dict) -> list[str]:
     """Load an official SAM checkpoint (`image_encoder.*`, optionally `mask_decoder.*` and
     `prompt_encoder.*`) into `model`, resizing position embeddings to the model's input size.
+    An official SAM2 checkpoint (Hiera: `image_encoder.trunk.*`) goes to
+    `sam2_weights.load_sam2_weights`.
 
     The encoder must load completely. SAM's decoder parts load when their shapes fit this
     model's decoder (out_chans 256, SAM's decoder dims) and are skipped otherwise. Returns the
     model keys that were loaded. LoRA experts, class tokens, router and aux head keep their init.
     """
+    from sam_mmseg_ros.model.sam2_weights import is_sam2_state, load_sam2_weights
+
     source = "SAM weights" if isinstance(path_or_state_dict, dict) else str(path_or_state_dict)
     state = _read(path_or_state_dict, "cpu")
-    state = state.get("model", state)  # some re-distributions wrap the weights
+    state = state.get("model", state)  # Meta's SAM2 files (and some SAM re-distributions) wrap the weights
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise CheckpointError(f"{source} is not a state dict (tensors by name)")
+    if is_sam2_state(state) or model.config.backbone == "hiera":
+        return load_sam2_weights(model, state, source).loaded
     encoder_state = {k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")}
     if not encoder_state:
         raise CheckpointError(f"{source} has no image_encoder.* weights; it is not a SAM checkpoint "

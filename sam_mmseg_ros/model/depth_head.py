@@ -34,12 +34,15 @@ class DepthMaskDecoder(SemanticMaskDecoder):
     """Fused image embedding [B, C, h, w] -> log depth [B, H, W] (metres). The SAM decoder with a
     single output token (`class_tokens` holds it) and a learned log-depth offset."""
 
-    def __init__(self, transformer_dim: int, depth: int = 2, num_heads: int = 8, mlp_dim: int = 2048) -> None:
-        super().__init__(transformer_dim, 1, depth, num_heads, mlp_dim)
+    def __init__(self, transformer_dim: int, depth: int = 2, num_heads: int = 8, mlp_dim: int = 2048,
+                 high_res: bool = False, context_tokens: int = 0) -> None:
+        super().__init__(transformer_dim, 1, depth, num_heads, mlp_dim, high_res, context_tokens)
         self.log_depth_offset = nn.Parameter(torch.tensor(math.log(INITIAL_DEPTH_M)))
 
-    def forward(self, image_embedding: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        return super().forward(image_embedding, output_size)[:, 0] + self.log_depth_offset
+    def forward(self, image_embedding: torch.Tensor, output_size: tuple[int, int],
+                high_res_features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """high_res_features: SAM2's stride-4/8 features, as for SemanticMaskDecoder."""
+        return super().forward(image_embedding, output_size, high_res_features)[:, 0] + self.log_depth_offset
 
 
 def depth_from_log(log_depth: torch.Tensor) -> torch.Tensor:

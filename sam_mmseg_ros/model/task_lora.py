@@ -46,10 +46,10 @@ class TaskAwareLoRAQKV(MoELoRAQKV):
     """
 
     def __init__(self, dim: int, num_experts: int, num_tasks: int, rank: int = 8, alpha: float = 8.0,
-                 bias: bool = True) -> None:
+                 bias: bool = True, out_dim: int | None = None) -> None:
         if num_experts < 1 or num_tasks < 1:
             raise ValueError("task-aware adapters need at least one expert and one task")
-        super().__init__(dim, num_experts=num_experts, rank=rank, alpha=alpha, bias=bias)
+        super().__init__(dim, num_experts=num_experts, rank=rank, alpha=alpha, bias=bias, out_dim=out_dim)
         self.num_tasks = num_tasks
         self.lora_core_q = nn.Parameter(torch.zeros(num_tasks, rank, rank))
         self.lora_core_v = nn.Parameter(torch.zeros(num_tasks, rank, rank))
@@ -59,7 +59,7 @@ class TaskAwareLoRAQKV(MoELoRAQKV):
         """The same projection and experts (values copied) with `num_tasks` zero task cores."""
         rank = experts.lora_a_q.shape[-1]
         module = cls(experts.dim, experts.num_experts, num_tasks, rank=rank, alpha=experts.scale * rank,
-                     bias=experts.bias is not None)
+                     bias=experts.bias is not None, out_dim=experts.out_dim)
         module.load_state_dict(experts.state_dict(), strict=False)
         return module.to(experts.weight.device, experts.weight.dtype)
 
