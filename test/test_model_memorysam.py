@@ -1,0 +1,113 @@
+"""The SAM2 compositions end to end: MoE-LoRA Hiera (router fusion) and MemorySAM (memory
+fusion) follow the engine contract, mask absent modalities, train only what they should; the
+semantic prototype memory and the loss that uses it."""
+
+import pytest
+import torch
+
+from sam_mmseg_ros.contracts import IGNORE_LABEL
+from sam_mmseg_ros.model import build_model
+from sam_mmseg_ros.model.losses import SegmentationLoss
+from sam_mmseg_ros.model.prototypes import SemanticPrototypeMemory
+
+torch.set_num_threads(1)
+
+MICRO = dict(img_size=64, depth=4, stages=(1, 1, 1, 1), global_attn_indexes=(0,), out_chans=32, decoder_heads=2,
+             decoder_mlp_dim=64, lora_rank=2, num_classes=5, memory_layers=1, memory_dim=16, memory_mlp_dim=32)
+MASK = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+NAMES = ["tiny_hiera", "tiny_memorysam"]
+
+
+def _micro(name, **overrides):
+    torch.manual_seed(0)
+    model = build_model(name, **{**MICRO, **overrides}).eval()
+    with torch.no_grad():
+        for p in model.image_encoder.lora_parameters():
+            p.normal_(0.0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_follows_the_engine_contract(name):
+    model = _micro(name)
+    images = torch.randn(2, 4, 3, 64, 64)
+    with torch.no_grad():
+        out, logits = model(images, MASK), model.forward_logits(images, MASK)
+    assert out["labels"].dtype == torch.int32 and out["labels"].shape == (2, 64, 64)
+    assert out["confidence"].shape == (2, 64, 64) and out["router_weights"].shape == (2, 4)
+    assert torch.equal(out["labels"], logits["logits"].argmax(dim=1).int())
+    assert torch.all(out["router_weights"][MASK == 0] == 0)
+    assert torch.allclose(out["router_weights"].sum(dim=1), torch.ones(2))
+    if name == "tiny_memorysam":  # each present modality's share of the mean of predictions
+        assert torch.allclose(out["router_weights"], MASK / MASK.sum(dim=1, keepdim=True))
+        assert "aux_logits" not in logits and logits["prototype_features"].shape == (2, 4, 16, 16)
+    else:
+        assert logits["aux_logits"].shape == (2, 5, 64, 64) and "prototype_features" not in logits
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_absent_slot_content_never_reaches_the_output(name):
+    model = _micro(name)
+    images = torch.randn(2, 4, 3, 64, 64)
+    garbage = images.clone()
+    garbage[MASK == 0] = torch.randn_like(garbage[MASK == 0]) * 100
+    with torch.no_grad():
+        a, b = model.forward_logits(images, MASK), model.forward_logits(garbage, MASK)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_all_modalities_absent_is_a_clear_error(name):
+    with pytest.raises(ValueError, match="every modality is absent"):
+        _micro(name)(torch.zeros(2, 4, 3, 64, 64), torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_only_lora_fusion_and_heads_train(name):
+    model = _micro(name).train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    allowed = ("router.", "memory.", "decoder.", "aux_head.")
+    assert all(n.startswith(allowed) or ".lora_" in n for n in trainable)
+    assert any(".lora_" in n for n in trainable) and not any(n.startswith("image_encoder.neck.") for n in trainable)
+    experts = model.image_encoder.trunk.blocks[0].attn.qkv.lora_a_q.shape[0]
+    assert experts == (1 if name == "tiny_memorysam" else 4)  # MemorySAM shares one LoRA
+    out = model.forward_logits(torch.randn(1, 4, 3, 64, 64), MASK[:1])
+    sum(v.float().mean() for k, v in out.items() if k != "router_weights").backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == (n in trainable), n
+    if name == "tiny_memorysam":  # frames after the first attend to the memory: it learns
+        assert model.memory.memory_attention.layers[0].cross_attn_image.k_proj.weight.grad.abs().sum() > 0
+        assert model.memory.memory_encoder.mask_downsampler.encoder[0].weight.grad.abs().sum() > 0
+
+
+def test_prototype_memory_follows_the_paper():
+    memory = SemanticPrototypeMemory(num_classes=3, dim=2, momentum=0.2).train()
+    features = torch.zeros(1, 2, 2, 2)
+    features[0, :, 0, :] = torch.tensor([1.0, 2.0])[:, None]  # top row: class 0
+    features[0, :, 1, :] = torch.tensor([3.0, 5.0])[:, None]  # bottom row: class 2 (left), ignored (right)
+    label = torch.tensor([[[0, 0], [2, IGNORE_LABEL]]])
+    first = memory(features, label)
+    assert first.item() == 0.0  # a first sighting initialises the global prototype
+    assert memory.seen.tolist() == [True, False, True]
+    assert torch.equal(memory.prototypes[0], torch.tensor([1.0, 2.0]))
+    assert torch.equal(memory.prototypes[1], torch.zeros(2))  # never seen: untouched
+    features[0, :, 0, :] = torch.tensor([2.0, 2.0])[:, None]
+    loss = memory(features, label)
+    assert loss.item() == pytest.approx(((2.0 - 1.0) ** 2 / 2 + 0.0) / 2)  # MSE, mean over present classes
+    assert torch.allclose(memory.prototypes[0], torch.tensor([0.8 * 1 + 0.2 * 2, 2.0]))  # momentum 0.2
+    before = memory.prototypes.clone()
+    memory.eval()(features, label)
+    assert torch.equal(memory.prototypes, before)  # only training updates the memory
+
+
+def test_loss_adds_the_prototype_term_and_tolerates_no_aux_head():
+    model = _micro("tiny_memorysam").train()
+    criterion = SegmentationLoss(prototypes=model.prototype_memory, prototype_weight=2.0)
+    label = torch.randint(0, 5, (1, 64, 64))
+    for _ in range(2):  # the second step compares against the prototypes the first one stored
+        parts = criterion(model.forward_logits(torch.randn(1, 4, 3, 64, 64), MASK[:1]), label)
+    assert parts["aux"].item() == 0.0 and parts["prototype"].item() > 0
+    assert parts["loss"].item() == pytest.approx(parts["main"].item() + 2.0 * parts["prototype"].item(), rel=1e-5)
+    parts["loss"].backward()
+    assert model.decoder.conv_s0.weight.grad.abs().sum() > 0
