@@ -1,30 +1,18 @@
 """The SAM2 compositions end to end: MoE-LoRA Hiera (router fusion) and MemorySAM (memory
-fusion) follow the engine contract, mask absent modalities, train only what they should; the
-semantic prototype memory and the loss that uses it."""
+fusion) follow the engine contract and train only what they should (absent modalities:
+test_model_sam.py, for every composition); the semantic prototype memory and its loss."""
 
 import pytest
 import torch
+from test_model_sam import MASK, _micro
 
 from sam_mmseg_ros.contracts import IGNORE_LABEL
-from sam_mmseg_ros.model import build_model
 from sam_mmseg_ros.model.losses import SegmentationLoss
 from sam_mmseg_ros.model.prototypes import SemanticPrototypeMemory
 
 torch.set_num_threads(1)
 
-MICRO = dict(img_size=64, depth=4, stages=(1, 1, 1, 1), global_attn_indexes=(0,), out_chans=32, decoder_heads=2,
-             decoder_mlp_dim=64, lora_rank=2, num_classes=5, memory_layers=1, memory_dim=16, memory_mlp_dim=32)
-MASK = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
 NAMES = ["tiny_hiera", "tiny_memorysam"]
-
-
-def _micro(name, **overrides):
-    torch.manual_seed(0)
-    model = build_model(name, **{**MICRO, **overrides}).eval()
-    with torch.no_grad():
-        for p in model.image_encoder.lora_parameters():
-            p.normal_(0.0, 0.1)
-    return model
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -43,24 +31,6 @@ def test_forward_follows_the_engine_contract(name):
         assert "aux_logits" not in logits and logits["prototype_features"].shape == (2, 4, 16, 16)
     else:
         assert logits["aux_logits"].shape == (2, 5, 64, 64) and "prototype_features" not in logits
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_absent_slot_content_never_reaches_the_output(name):
-    model = _micro(name)
-    images = torch.randn(2, 4, 3, 64, 64)
-    garbage = images.clone()
-    garbage[MASK == 0] = torch.randn_like(garbage[MASK == 0]) * 100
-    with torch.no_grad():
-        a, b = model.forward_logits(images, MASK), model.forward_logits(garbage, MASK)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_all_modalities_absent_is_a_clear_error(name):
-    with pytest.raises(ValueError, match="every modality is absent"):
-        _micro(name)(torch.zeros(2, 4, 3, 64, 64), torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]]))
 
 
 @pytest.mark.parametrize("name", NAMES)
