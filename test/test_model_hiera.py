@@ -211,6 +211,13 @@ def test_small_sam2_files_load_completely_and_bad_ones_are_refused(tmp_path):
     report = load_sam2_weights(wider, path)
     assert "decoder.transformer.layers.0.mlp.lin1.weight" in report.kept_init
     assert "sam_mask_decoder.transformer.layers.0.mlp.layers.0.weight" in report.unused
+    # A file holding only the image encoder: the rest keeps its init; a decoder in part is an error.
+    encoder_only = {k: v for k, v in official.state_dict().items() if k.startswith("image_encoder.")}
+    report = load_sam2_weights(build_model(_config("tiny_memorysam")), {"model": encoder_only})
+    assert "decoder.conv_s0.weight" in report.kept_init and "memory.no_mem_embed" in report.kept_init
+    partial = {k: v for k, v in official.state_dict().items() if not k.startswith("sam_mask_decoder.conv_s1.")}
+    with pytest.raises(CheckpointError, match="decoder is incomplete"):
+        load_sam2_weights(build_model(_config("tiny_memorysam")), partial)
     # Foreign keys, a misfit encoder and the wrong family are errors.
     with pytest.raises(CheckpointError, match="not part of SAM2"):
         load_sam2_weights(build_model(_config()), {**official.state_dict(), "extra.weight": torch.zeros(1)})

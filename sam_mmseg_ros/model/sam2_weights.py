@@ -5,9 +5,10 @@ Meta publishes a dict {"model": state dict} with keys `image_encoder.trunk.*`,
 `memory_encoder.*` and a few SAM2Base parameters. Every key is accounted for: it is loaded
 (`SAM2_KEY_MAP`, plus the decoder's two context tokens, built from SAM2's object-score and IoU
 tokens), or it is one of `UNUSED`, each with the reason this model has no place for it; a key
-that is neither is an error, as is a missing or misshapen encoder key. The mask decoder and the
-memory load when their shapes fit this model (SAM2's widths) and otherwise keep their init, which
-the report and the log say; the image encoder must always fit.
+that is neither is an error, as is a missing or misshapen encoder key. The image encoder must
+always fit. The mask decoder and the memory load when their shapes fit this model (SAM2's widths);
+otherwise, or when the file has none (a file holding only a pretrained image encoder), they keep
+their init, which the report and the log say; a decoder or memory present only in part is an error.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ UNUSED: dict[str, str] = {
                       "the position of the dummy memory token the other path uses",
 }
 """Official key prefix -> why this model does not use it."""
+
+OWN_DECODER_KEYS = ("decoder.class_tokens.",)
+"""Decoder parameters that SAM2 has no counterpart for."""
 
 NO_MEMORY_REASON = "the router fusion has no memory (a memory-fusion config uses these)"
 
@@ -134,16 +138,22 @@ def plan_sam2_state(model: MoELoRASAM, state: dict[str, torch.Tensor], source: s
     plan = dict(encoder)
     for name in ("decoder", "memory"):
         group = groups[name]
-        expected = {k for k in own if k.startswith(f"{name}.")}
+        expected = {k for k in own if k.startswith(f"{name}.") and not k.startswith(OWN_DECODER_KEYS)}
         misfit = sorted(k for k, v in group.items() if k not in own or own[k].shape != v.shape)
-        if group and not misfit:
-            plan.update(group)
-        elif group:
+        if not group:  # a file holding only a pretrained image encoder
+            reason = f"the checkpoint has no SAM2 {name}; it keeps its init"
+            LOG.warning("%s: %s", source, reason)
+            report.kept_init.update({key: reason for key in expected})
+        elif misfit:
             reason = (f"SAM2's {name} does not fit this model's ({_describe('keys that differ', misfit)}); "
                       "it keeps its init")
             LOG.warning("%s: %s", source, reason)
             report.unused.update({key: reason for key in _sources_of(state, group)})
             report.kept_init.update({key: reason for key in expected})
+        elif missing := sorted(expected - set(group)):
+            raise CheckpointError(f"{source}: SAM2's {name} is incomplete: {_describe('missing', missing)}")
+        else:
+            plan.update(group)
     report.loaded = sorted(plan)
     for key in own:
         if key not in plan and key not in report.kept_init:
