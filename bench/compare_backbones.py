@@ -145,9 +145,9 @@ def tables(training: dict, metrics: dict, timing: dict) -> str:
         full = m["miou"]["RGB-D-E-L"]
         per_condition = m["miou_per_condition"]["RGB-D-E-L"]
         costs = [full - m["miou"][w] for w in WITHOUT]
-        thin = " / ".join(f"{m['class_iou'].get(c, float('nan')):.1f}" for c in THIN_CLASSES)
+        thin = " / ".join("-" if m["class_iou"].get(c) is None else f"{m['class_iou'][c]:.1f}" for c in THIN_CLASSES)
         rows.append(f"| {label} (`{name}`) | {t['trainable'] / 1e6:.2f} M / {t['total'] / 1e6:.2f} M | {full:.1f} | "
-                    f"{m['miou']['RGB']:.1f} | " + " | ".join(f"{per_condition.get(c, float('nan')):.1f}"
+                    f"{m['miou']['RGB']:.1f} | " + " | ".join("-" if per_condition.get(c) is None else f"{per_condition[c]:.1f}"
                                                           for c in CONDITIONS)
                     + f" | {thin} | {statistics.mean(costs):+.1f} ({', '.join(f'{c:+.1f}' for c in costs)}) | "
                     f"{ms['min']:.0f} / {ms['median']:.0f} | {t['minutes']:.0f} |")

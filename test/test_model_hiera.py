@@ -193,6 +193,19 @@ def test_official_sam2_checkpoint_fits_every_sam2_config(name, official_sizes):
     assert "decoder.context_tokens.weight" in plan and "decoder.conv_s0.weight" in plan
 
 
+@pytest.mark.slow
+def test_official_size_sam2_file_loads_into_both_tiny_configs(tmp_path, official_sizes):
+    """The real thing at full size: Meta's SAM2.1-style Hiera-T file (156 MB) into hiera_t and memorysam_t."""
+    path = tmp_path / "sam2_hiera_tiny.pt"
+    torch.save({"model": official_sizes["t"]}, path)
+    for name in ("hiera_t", "memorysam_t"):
+        model = build_model(name)
+        report = load_sam2_weights(model, path)
+        state = model.state_dict()
+        assert all(torch.equal(state[k], official_sizes["t"][k]) for k in report.loaded if k.startswith("image_encoder."))
+        assert not [k for k in report.kept_init if not any(part in k for part in OWN_KEYS)]
+
+
 def test_small_sam2_files_load_completely_and_bad_ones_are_refused(tmp_path):
     official = _official(_config("tiny_memorysam"))
     path = tmp_path / "sam2.1_micro.pt"

@@ -185,10 +185,11 @@ class SemanticMaskDecoder(nn.Module):
         src = image_embedding + self.no_mask_embed.weight.reshape(1, c, 1, 1)
         pos = self.pe_layer((h, w)).unsqueeze(0).expand(b, -1, -1, -1)
         tokens = self.class_tokens.weight
-        if self.context_tokens is not None:
+        context = 0 if self.context_tokens is None else self.context_tokens.num_embeddings
+        if context:
             tokens = torch.cat([self.context_tokens.weight, tokens], dim=0)
         class_out, src = self.transformer(src, pos, tokens.unsqueeze(0).expand(b, -1, -1))
-        class_out = class_out[:, tokens.shape[0] - self.class_tokens.num_embeddings:]
+        class_out = class_out[:, context:]
         src = src.transpose(1, 2).reshape(b, c, h, w)
         if high_res_features is None:
             upscaled = self.output_upscaling(src)
