@@ -19,6 +19,7 @@ FUSIONS = ("router", "memory")
 """MLE-SAM's router over per-modality features, or MemorySAM's memory sequence over modalities."""
 HIERA_STAGES = 4
 """SAM2's Hiera always has four stages (strides 4, 8, 16, 32; three query-pooling steps)."""
+_TUPLE_FIELDS = ("global_attn_indexes", "aux_block_indexes", "stages", "window_spec", "window_pos_embed_bkg")
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         # Lists coming from JSON/YAML/checkpoints become tuples so the config stays hashable.
-        for name in ("global_attn_indexes", "aux_block_indexes", "stages", "window_spec", "window_pos_embed_bkg"):
+        for name in _TUPLE_FIELDS:
             object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
         object.__setattr__(self, "tasks", tuple(str(t) for t in self.tasks))
         problems = []
@@ -105,8 +106,8 @@ class ModelConfig:
             problems.append("lora_rank and num_modalities must be >= 1")
         if self.top_k is not None and not 1 <= self.top_k <= self.num_modalities:
             problems.append(f"top_k must be None or in [1, {self.num_modalities}]")
-        if self.memory_layers < 1 or self.memory_dim < 4 or self.memory_dim % 4 or self.num_maskmem < 1:
-            problems.append("memory_layers and num_maskmem must be >= 1, memory_dim a multiple of 4")
+        if self.memory_layers < 1 or self.memory_dim < 2 or self.memory_dim % 2 or self.num_maskmem < 1:
+            problems.append("memory_layers and num_maskmem must be >= 1, memory_dim even (sine encoding)")
         if self.prototype_weight < 0 or not 0 < self.prototype_momentum <= 1:
             problems.append("prototype_weight must be >= 0 and prototype_momentum in (0, 1]")
         if problems:
@@ -131,15 +132,10 @@ class ModelConfig:
             problems.append("window_pos_embed_bkg needs (height, width)")
         return problems
 
-    @property
-    def feature_stride(self) -> int:
-        """Stride of the image embedding the decoder (and the memory) works on."""
-        return self.patch_size if self.backbone == "vit" else 16
-
     def to_dict(self) -> dict:
         """Plain types only (lists, ints, floats, str, None), safe for weights_only checkpoints."""
         d = asdict(self)
-        for name in ("global_attn_indexes", "aux_block_indexes", "stages", "window_spec", "window_pos_embed_bkg"):
+        for name in _TUPLE_FIELDS:
             d[name] = list(getattr(self, name))
         d["tasks"] = list(self.tasks)
         return d

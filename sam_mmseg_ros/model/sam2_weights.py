@@ -82,19 +82,20 @@ def is_sam2_state(state: dict) -> bool:
     return any(key.startswith("image_encoder.trunk.") for key in state)
 
 
+def _match(key: str, table: dict[str, str]) -> tuple[str, str] | None:
+    """(prefix, value) of the `table` entry naming `key`: the key itself, or a prefix ending in '.'."""
+    for prefix, value in table.items():
+        if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
+            return prefix, value
+    return None
+
+
 def _target(key: str) -> str | None:
-    for prefix, target in SAM2_KEY_MAP.items():
-        if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
-            mapped = target + key[len(prefix):]
-            return _TRANSFORMER_MLP.sub(lambda m: f"{m.group(1)}lin{int(m.group(2)) + 1}.", mapped)
-    return None
-
-
-def _unused_reason(key: str) -> str | None:
-    for prefix, reason in UNUSED.items():
-        if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
-            return reason
-    return None
+    """This model's name for an official key, or None when SAM2_KEY_MAP does not map it."""
+    if (entry := _match(key, SAM2_KEY_MAP)) is None:
+        return None
+    prefix, target = entry
+    return _TRANSFORMER_MLP.sub(lambda m: f"{m.group(1)}lin{int(m.group(2)) + 1}.", target + key[len(prefix):])
 
 
 def plan_sam2_state(model: MoELoRASAM, state: dict[str, torch.Tensor], source: str = "SAM2 weights"
@@ -114,8 +115,8 @@ def plan_sam2_state(model: MoELoRASAM, state: dict[str, torch.Tensor], source: s
                 groups[target.split(".", 1)[0]][target] = value
         elif key in CONTEXT_TOKENS:
             pass  # merged below
-        elif (reason := _unused_reason(key)) is not None:
-            report.unused[key] = reason
+        elif (entry := _match(key, UNUSED)) is not None:
+            report.unused[key] = entry[1]
         else:
             unknown.append(key)
     if unknown:
