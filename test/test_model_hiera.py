@@ -8,6 +8,7 @@ from sam2_reference import meta_sam2_model, randomize
 
 from sam_mmseg_ros.model import MODEL_CONFIGS, build_model
 from sam_mmseg_ros.model.checkpoint import CheckpointError, load_sam_weights
+from sam_mmseg_ros.model.config import config_from_untrusted
 from sam_mmseg_ros.model.hiera import Hiera
 from sam_mmseg_ros.model.position_encoding import PositionEmbeddingSine
 from sam_mmseg_ros.model.sam2_weights import load_sam2_weights, plan_sam2_state
@@ -254,3 +255,13 @@ def test_hiera_config_validation():
     with pytest.raises(ValueError, match="need the hiera backbone"):
         MODEL_CONFIGS["tiny"].with_overrides(fusion="memory")
     assert MODEL_CONFIGS["memorysam_b+"].stages == (2, 3, 16, 3) and not MODEL_CONFIGS["memorysam_b+"].lora_per_modality
+
+
+def test_every_registered_config_passes_the_untrusted_file_limits_and_absurd_hiera_sizes_do_not():
+    for name, config in MODEL_CONFIGS.items():
+        assert config_from_untrusted(config.to_dict()) == config, name
+    hostile = MODEL_CONFIGS["hiera_t"].to_dict()
+    with pytest.raises(ValueError, match="window_spec needs"):  # a 10^5-wide window embedding
+        config_from_untrusted({**hostile, "window_spec": [100_000, 4, 14, 7]})
+    with pytest.raises(ValueError, match="lora_per_modality is a int, expected bool"):
+        config_from_untrusted({**hostile, "lora_per_modality": 1})
