@@ -182,7 +182,8 @@ def test_absurd_config_is_refused_without_allocating(tmp_path):
     lines = done.stdout.splitlines()
     assert lines[0] == "limit holds"  # the probe can fail: a 512 MB allocation is refused
     assert lines[1].startswith(f"refused: {path} has an invalid model config")
-    assert "embed_dim 8192 is outside (0, 1280]" in lines[1] and "depth 64 is outside (0, 32]" in lines[1]
+    # 1280: ViT-H's width; 48: SAM2 Hiera-L's depth
+    assert "embed_dim 8192 is outside (0, 1280]" in lines[1] and "depth 64 is outside (0, 48]" in lines[1]
 
 
 def _with_config(good: Path, tmp_path: Path, **changes) -> Path:
@@ -216,10 +217,9 @@ def test_invalid_configs_name_the_file_and_field(micro_checkpoint, tmp_path, cha
 
 
 def test_official_configs_are_within_the_limits():
-    for name in ("vit_b", "vit_l", "vit_h", "tiny"):
-        config = MODEL_CONFIGS[name]
+    for name, config in MODEL_CONFIGS.items():
         assert all(getattr(config, field) <= limit for field, limit in CONFIG_LIMITS.items()), name
-    assert CONFIG_LIMITS["embed_dim"] == 1280 and CONFIG_LIMITS["depth"] == 32  # ViT-H's
+    assert CONFIG_LIMITS["embed_dim"] == 1280 and CONFIG_LIMITS["depth"] == 48  # ViT-H's width, Hiera-L's depth
 
 
 # --------------------------------------------------------------------------- tensors and archives
