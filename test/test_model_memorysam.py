@@ -7,6 +7,7 @@ import torch
 from test_model_sam import MASK, _micro
 
 from sam_mmseg_ros.contracts import IGNORE_LABEL
+from sam_mmseg_ros.model import build_model
 from sam_mmseg_ros.model.losses import SegmentationLoss
 from sam_mmseg_ros.model.prototypes import SemanticPrototypeMemory
 
@@ -81,3 +82,16 @@ def test_loss_adds_the_prototype_term_and_tolerates_no_aux_head():
     assert parts["loss"].item() == pytest.approx(parts["main"].item() + 2.0 * parts["prototype"].item(), rel=1e-5)
     parts["loss"].backward()
     assert model.decoder.conv_s0.weight.grad.abs().sum() > 0
+
+
+def test_sam2_backbone_composes_with_task_aware_adapters_and_the_depth_task():
+    model = _micro("tiny_hiera", adapters="ta_lora", tasks=("semantic", "depth"))
+    stage_change = model.image_encoder.trunk.blocks[1].attn.qkv  # 24 -> 48 wide, with task cores
+    assert stage_change.lora_core_q.shape == (2, 2, 2) and stage_change.lora_b_q.shape == (4, 2, 48)
+    with torch.no_grad():
+        out = model(torch.randn(2, 4, 3, 64, 64), MASK)
+    assert tuple(out) == model.output_names == ("labels", "confidence", "router_weights", "depth")
+    assert out["depth"].shape == (2, 64, 64) and bool(torch.all(out["depth"] > 0))
+    assert model.with_tasks(("semantic",)).depth_decoder is None
+    with pytest.raises(ValueError, match="memory fusion predicts semantic labels only"):
+        build_model("tiny_memorysam", tasks=("semantic", "depth"))
