@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto
+from onnx_fixtures import contract_inputs
 
 from sam_mmseg_ros.contracts import ENGINE_OUTPUTS, OPTIONAL_ENGINE_OUTPUTS
 from sam_mmseg_ros.engine.base import check_outputs, contract_outputs
@@ -44,11 +45,7 @@ def multitask(tmp_path_factory):
 
 
 def _inputs(seed: int, mask: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = rng.normal(0.0, 1.0, (1, 4, 3, SIZE, SIZE)).astype(np.float32)
-    modality_mask = np.array([mask], np.float32)
-    images[:, modality_mask[0] == 0] = 0.0
-    return images, modality_mask
+    return contract_inputs(seed, mask, SIZE)
 
 
 def test_depth_output_in_the_exported_graph(multitask):

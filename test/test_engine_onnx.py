@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from onnx_fixtures import contract_inputs
 
 from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS, InputError
 from sam_mmseg_ros.engine import BackendUnavailable, create_backend
@@ -52,11 +53,7 @@ def exported(tmp_path_factory):
 
 
 def _inputs(seed: int, mask: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = rng.normal(0.0, 1.0, (1, 4, 3, SIZE, SIZE)).astype(np.float32)
-    modality_mask = np.array([mask], np.float32)
-    images[:, modality_mask[0] == 0] = 0.0  # absent slots hold zeros (contract)
-    return images, modality_mask
+    return contract_inputs(seed, mask, SIZE)
 
 
 CASES = [(0, [1, 1, 1, 1]), (1, [1, 0, 1, 0]), (2, [0, 1, 0, 0])]

@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto
+from onnx_fixtures import contract_inputs
 
 from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS
 from sam_mmseg_ros.engine import create_backend
@@ -46,12 +47,8 @@ def exported(request, tmp_path_factory):
                            torch=TorchBackend.from_checkpoint(checkpoint, "cpu"))
 
 
-def _inputs(seed: int, mask: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = rng.normal(0.0, 1.0, (1, 4, 3, SIZE, SIZE)).astype(np.float32)
-    modality_mask = np.array([mask], np.float32)
-    images[:, modality_mask[0] == 0] = 0.0
-    return images, modality_mask
+def _inputs(seed: int, mask: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    return contract_inputs(seed, mask, SIZE)
 
 
 def test_export_is_a_static_contract_graph_with_fp32_islands(exported):
