@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sam_mmseg_ros.model.checkpoint import CheckpointError, _describe, _load_strict, _read, _require_tensors
+from sam_mmseg_ros.model.safe_load import (
+    CheckpointError,
+    describe_keys,
+    load_strict,
+    read_untrusted,
+    require_tensors,
+)
 from sam_mmseg_ros.model.sam_moe import MoELoRASAM
 
 LOG = logging.getLogger(__name__)
@@ -120,7 +126,7 @@ def plan_sam2_state(model: MoELoRASAM, state: dict[str, torch.Tensor], source: s
         else:
             unknown.append(key)
     if unknown:
-        raise CheckpointError(f"{source}: {_describe('keys that are not part of SAM2', sorted(unknown))}")
+        raise CheckpointError(f"{source}: {describe_keys('keys that are not part of SAM2', sorted(unknown))}")
     if all(key in state for key in CONTEXT_TOKENS):
         groups["decoder"]["decoder.context_tokens.weight"] = torch.cat([state[key] for key in CONTEXT_TOKENS])
     elif any(key in state for key in CONTEXT_TOKENS):
@@ -133,7 +139,7 @@ def plan_sam2_state(model: MoELoRASAM, state: dict[str, torch.Tensor], source: s
     misfit = sorted(f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in encoder.items()
                     if k not in own or own[k].shape != v.shape)
     if missing or misfit:
-        problems = [_describe(what, keys) for what, keys in (("missing", missing), ("not fitting", misfit)) if keys]
+        problems = [describe_keys(what, keys) for what, keys in (("missing", missing), ("not fitting", misfit)) if keys]
         raise CheckpointError(f"{source}: the image encoder does not fit this {model.config.name} model: "
                               + "; ".join(problems))
     plan = dict(encoder)
@@ -146,13 +152,13 @@ def plan_sam2_state(model: MoELoRASAM, state: dict[str, torch.Tensor], source: s
             LOG.warning("%s: %s", source, reason)
             report.kept_init.update({key: reason for key in expected})
         elif misfit:
-            reason = (f"SAM2's {name} does not fit this model's ({_describe('keys that differ', misfit)}); "
+            reason = (f"SAM2's {name} does not fit this model's ({describe_keys('keys that differ', misfit)}); "
                       "it keeps its init")
             LOG.warning("%s: %s", source, reason)
             report.unused.update({key: reason for key in _sources_of(state, group)})
             report.kept_init.update({key: reason for key in expected})
         elif missing := sorted(expected - set(group)):
-            raise CheckpointError(f"{source}: SAM2's {name} is incomplete: {_describe('missing', missing)}")
+            raise CheckpointError(f"{source}: SAM2's {name} is incomplete: {describe_keys('missing', missing)}")
         else:
             plan.update(group)
     report.loaded = sorted(plan)
@@ -179,16 +185,16 @@ def load_sam2_weights(model: MoELoRASAM, path_or_state: str | os.PathLike | dict
     if model.config.backbone != "hiera":
         raise CheckpointError(f"{source} is a SAM2 (Hiera) checkpoint; model {model.config.name!r} has the "
                               f"{model.config.backbone} backbone")
-    state = _read(path_or_state, "cpu")
+    state = read_untrusted(path_or_state, "cpu")
     state = state.get("model", state)
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise CheckpointError(f"{source} is not a state dict (tensors by name)")
-    _require_tensors(state, source)  # before the plan compares shapes
+    require_tensors(state, source)  # before the plan compares shapes
     if not is_sam2_state(state):
         raise CheckpointError(f"{source} is not a SAM2 checkpoint (no image_encoder.trunk.* keys; first keys: "
                               f"{sorted(state)[:5]}); model {model.config.name!r} needs SAM2 (Hiera) weights")
     plan, report = plan_sam2_state(model, state, source)
-    _load_strict(model, plan, source, may_be_missing=lambda key: key not in plan)
+    load_strict(model, plan, source, may_be_missing=lambda key: key not in plan)
     LOG.info("%s: loaded %d tensors into %s; %d checkpoint tensors unused (%s)", source, len(plan),
              model.config.name, len(report.unused), ", ".join(sorted(set(report.unused.values()))))
     return report
