@@ -82,6 +82,26 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return decode_metadata({p.key: p.value for p in model.metadata_props})
 
 
+# --------------------------------------------------------------------------- graph inspection
+
+
+def largest_intermediates(model: onnx.ModelProto, count: int = 5) -> list[tuple[str, str, int]]:
+    """(tensor, producing op type, bytes) of the `count` largest tensors computed inside the
+    graph, from ONNX shape inference: what an engine must hold at once at least, whatever
+    it fuses. Weights and graph inputs are not counted."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    producer = {out: node.op_type for node in inferred.graph.node for out in node.output}
+    sizes = []
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tensor = info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        if info.name not in producer or None in dims:
+            continue
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).itemsize
+        sizes.append((info.name, producer[info.name], int(np.prod(dims, dtype=np.int64)) * itemsize))
+    return sorted(sizes, key=lambda entry: -entry[2])[:count]
+
+
 # --------------------------------------------------------------------------- fp16 conversion
 
 
