@@ -159,3 +159,17 @@ def test_two_way_transformer_and_pe_match_meta():
     assert torch.allclose(ours_pe((4, 6)), reference_pe((4, 6)))
     decoder = SemanticMaskDecoder(32, num_classes=7, num_heads=4, mlp_dim=64)
     assert decoder(torch.randn(2, 32, 4, 4), (64, 64)).shape == (2, 7, 64, 64)
+
+
+def test_positional_encoding_is_kept_per_grid_and_forgotten_with_new_weights():
+    """Computed once per grid in fp32 (an export holds it as a constant), never stale."""
+    reference_pe = meta_modeling("prompt_encoder").PositionEmbeddingRandom(16)
+    ours = PositionEmbeddingRandom(16)
+    first = ours((4, 6))
+    assert ours((4, 6)) is first and "dense_pe" not in ours.state_dict()
+    ours.load_state_dict(reference_pe.state_dict())
+    assert torch.allclose(ours((4, 6)), reference_pe((4, 6))) and not torch.allclose(ours((4, 6)), first)
+    assert torch.allclose(ours((3, 3)), reference_pe((3, 3)))
+    model = _micro()
+    model.prepare_export((128, 128))
+    assert model.decoder.pe_layer.dense_pe.shape == (32, 8, 8)  # out_chans 32, 128 px / patch 16

@@ -42,11 +42,12 @@ FP32_OPS = frozenset({
     "LayerNormalization", "Softmax", "LogSoftmax",
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "CumSum",
-    "Pow", "Sqrt", "Reciprocal", "Exp", "Log",
+    "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Sin", "Cos",
     "ArgMax", "ArgMin", "TopK",
 })
 """Ops kept in fp32 in an fp16 graph: normalization statistics, exponentials and reductions
-overflow or lose the small differences that decide a label in fp16."""
+overflow or lose the small differences that decide a label in fp16; sin/cos of large arguments
+lose their phase."""
 
 NORMALIZATION = {
     "rgb": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
@@ -238,6 +239,7 @@ def export_model(model, output: str | os.PathLike, *, input_size: tuple[int, int
     model = model.eval().float().cpu()
     outputs = contract_outputs(model.output_names)
     with torch.no_grad(), exporter_output_at_debug():
+        model.prepare_export((height, width))
         program = torch.onnx.export(
             model, (images, modality_mask), None, dynamo=True, optimize=True, opset_version=opset,
             input_names=list(ENGINE_INPUTS), output_names=list(outputs), external_data=False,

@@ -21,26 +21,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sam_mmseg_ros.model.image_encoder import LayerNorm2d, MLPBlock
+from sam_mmseg_ros.model.image_encoder import LayerNorm2d, MLPBlock, capturing_graph
 
 
 class PositionEmbeddingRandom(nn.Module):
-    """SAM's random Fourier positional encoding of the embedding grid (prompt_encoder.pe_layer)."""
+    """SAM's random Fourier positional encoding of the embedding grid (prompt_encoder.pe_layer).
+
+    The encoding of a grid depends only on the fixed gaussian matrix, so it is computed once in
+    fp32 and kept (`dense_pe`, not saved in checkpoints): an exported graph holds it as a
+    constant instead of computing sin/cos of large arguments at run time, which in an fp16
+    engine loses the phase. `MoELoRASAM.prepare_export` computes it for the export's grid.
+    """
 
     def __init__(self, num_pos_feats: int = 64, scale: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
+        self.register_buffer("dense_pe", torch.empty(0), persistent=False)
+        self.register_load_state_dict_pre_hook(_forget_dense_pe)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
         """Dense PE [C, h, w] at pixel centers of an h x w grid normalised to [0, 1]."""
+        if tuple(self.dense_pe.shape[1:]) != tuple(size):
+            if capturing_graph():  # not prepared: computed in the graph, still correct in fp32
+                return self.encode(size)
+            with torch.inference_mode(False), torch.no_grad():  # usable by training after inference
+                self.dense_pe = self.encode(size)
+        return self.dense_pe
+
+    def encode(self, size: tuple[int, int]) -> torch.Tensor:
         h, w = size
-        device = self.positional_encoding_gaussian_matrix.device
-        grid = torch.ones((h, w), device=device, dtype=torch.float32)
+        matrix = self.positional_encoding_gaussian_matrix
+        grid = torch.ones((h, w), device=matrix.device, dtype=torch.float32)
         y_embed = (grid.cumsum(dim=0) - 0.5) / h
         x_embed = (grid.cumsum(dim=1) - 0.5) / w
         coords = 2 * torch.stack([x_embed, y_embed], dim=-1) - 1
-        coords = 2 * np.pi * (coords @ self.positional_encoding_gaussian_matrix)
-        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).permute(2, 0, 1)
+        coords = 2 * np.pi * (coords @ matrix.float())
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).permute(2, 0, 1).to(matrix.dtype)
+
+
+def _forget_dense_pe(module: PositionEmbeddingRandom, *_) -> None:
+    """New weights (a checkpoint, SAM's) make the kept encoding stale."""
+    module.dense_pe = module.dense_pe.new_empty(0)
 
 
 class MLP(nn.Module):

@@ -20,7 +20,13 @@ from sam_mmseg_ros.model.lora import MoELoRAQKV
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over channels of an NCHW tensor (SAM's `common.LayerNorm2d`)."""
+    """LayerNorm over channels of an NCHW tensor (SAM's `common.LayerNorm2d`, same parameters).
+
+    Computed as `layer_norm` on a channels-last view rather than SAM's mean/subtract/divide, so
+    the export holds one LayerNormalization node: the fp16 conversion keeps it in fp32
+    (statistics, epsilon and division included) instead of leaving the subtraction, epsilon and
+    division to fp16.
+    """
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -29,10 +35,8 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
 
 
 class MLPBlock(nn.Module):

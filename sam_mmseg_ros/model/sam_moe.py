@@ -32,7 +32,7 @@ from sam_mmseg_ros.contracts import TASK_OUTPUTS
 from sam_mmseg_ros.model.config import ModelConfig
 from sam_mmseg_ros.model.depth_head import DepthMaskDecoder, depth_from_log
 from sam_mmseg_ros.model.fusion import ModalityFusion
-from sam_mmseg_ros.model.heads import AuxiliaryHead, SemanticMaskDecoder
+from sam_mmseg_ros.model.heads import AuxiliaryHead, PositionEmbeddingRandom, SemanticMaskDecoder
 from sam_mmseg_ros.model.hiera import Hiera
 from sam_mmseg_ros.model.hiera_image_encoder import HieraImageEncoder
 from sam_mmseg_ros.model.image_encoder import ImageEncoderViT
@@ -152,6 +152,14 @@ class MoELoRASAM(nn.Module):
         """(trainable, total) number of parameters."""
         params = list(self.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def prepare_export(self, input_size: tuple[int, int]) -> None:
+        """Compute what depends only on the input size (the decoders' positional encodings on the
+        stride-16 embedding grid) in fp32 now, so an export at `input_size` holds it as a constant."""
+        grid = (input_size[0] // self.config.patch_size, input_size[1] // self.config.patch_size)
+        for module in self.modules():
+            if isinstance(module, PositionEmbeddingRandom):
+                module(grid)
 
     def _encode(self, images: torch.Tensor, modality_mask: torch.Tensor):
         """All modalities (once per task path) as one batch -> (stride-16 embedding, decoder
