@@ -334,18 +334,39 @@ def cached_export(checkpoint: str | os.PathLike | None, cache_dir: str | os.Path
     size = "x".join(str(int(v)) for v in input_size) if input_size else "native"
     kept = "" if tasks is None else "-" + "+".join(tasks)
     path = Path(cache_dir) / "onnx" / f"model-{identity[:16]}-{precision}-{size}{kept}.onnx"
-    if path.is_file():
-        try:
-            onnx.checker.check_model(str(path))
-            LOG.info("using cached ONNX export %s", path)
-            return path
-        except (onnx.checker.ValidationError, OSError) as exc:
-            LOG.warning("cached ONNX %s is unusable (%s); exporting again", path, exc)
+    if _reusable(path):
+        return path
     if precision == "fp16":
         fp32 = cached_export(checkpoint, cache_dir, precision="fp32", input_size=input_size, tasks=tasks)
         return convert_file_to_fp16(fp32, path)
     LOG.info("exporting %s to ONNX (%s), once for this checkpoint", checkpoint or "the default model", precision)
     return export_checkpoint(checkpoint, path, precision=precision, input_size=input_size, tasks=tasks)
+
+
+def cached_fp16(fp32_path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
+    """The fp16 variant of an fp32 ONNX file, converted once into `<cache_dir>/onnx/` (keyed by the
+    file's sha256) and reused."""
+    from sam_mmseg_ros.engine.engine_cache import file_sha256
+
+    fp32_path = Path(fp32_path)
+    path = Path(cache_dir) / "onnx" / f"{fp32_path.stem}-{file_sha256(fp32_path)[:16]}-fp16.onnx"
+    if _reusable(path):
+        return path
+    LOG.info("converting %s to fp16, once for this file", fp32_path)
+    return convert_file_to_fp16(fp32_path, path)
+
+
+def _reusable(path: Path) -> bool:
+    """A cached ONNX file that exists and passes the checker (else it is written again)."""
+    if not path.is_file():
+        return False
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, OSError) as exc:
+        LOG.warning("cached ONNX %s is unusable (%s); writing it again", path, exc)
+        return False
+    LOG.info("using cached ONNX %s", path)
+    return True
 
 
 # --------------------------------------------------------------------------- CLI

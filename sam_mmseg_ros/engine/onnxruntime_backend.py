@@ -120,5 +120,10 @@ class OnnxRuntimeBackend(DummyFrameWarmup):
 
     def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:
         validate_inputs(images, modality_mask, self.input_shape)
-        values = self.session.run(list(self.output_names), {"images": images, "modality_mask": modality_mask})
-        return check_outputs(dict(zip(self.output_names, values, strict=True)), self.input_shape)
+        try:
+            values = self.session.run(list(self.output_names), {"images": images, "modality_mask": modality_mask})
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):  # e.g. out of GPU memory on a provider
+                raise
+            raise SessionError(f"ONNX Runtime failed running {self.onnx_path.name} on {self.device}: {exc}") from exc
+        return check_outputs(dict(zip(self.output_names, values, strict=True)), self.input_shape, images)
