@@ -71,6 +71,7 @@ class SegmentationPipeline:
         self.preprocess_config = preprocess_config
         self.health_monitor = health_monitor
         self._images: np.ndarray | None = None  # model input buffer, reused: infer is synchronous
+        self._unmasked: np.ndarray | None = None  # copy of the last frame's input, for labels_with_only
         self._mask: np.ndarray | None = None  # modality mask of the last frame run
         self._camera_size: tuple[int, int] = (0, 0)  # (height, width) of the last frame run
 
@@ -82,8 +83,9 @@ class SegmentationPipeline:
         t0 = time.perf_counter()
         size = tuple(self.preprocess_config.input_size)
         if self._images is None or self._images.shape[-2:] != size:
-            self._images = allocate_images(size)
+            self._images = self._input_buffer(size)
         encoded = preprocess(bundle, self.preprocess_config, T_camera_lidar, out=self._images)
+        self._unmasked = None
         errors = dict(encoded.errors)
         t1 = time.perf_counter()
         self._mask = encoded.model_input.modality_mask
@@ -112,12 +114,26 @@ class SegmentationPipeline:
         return FrameResult(bundle.stamp_ns, bundle.frame_id, labels, confidence, router_weights, health,
                            painted, timings, errors, rgb, depth_m)
 
+    def _input_buffer(self, size: tuple[int, int]) -> np.ndarray:
+        """The backend's own input buffer when it offers one of this size (TensorRT: pinned or
+        GPU-mapped memory, so preprocessing writes the frame where the engine reads it), else a
+        new array."""
+        offered = getattr(self.backend, "input_buffer", None)
+        if offered is not None:
+            buffer = offered()
+            if buffer.shape == (1, len(MODALITIES), 3, *size) and buffer.dtype == np.float32:
+                return buffer
+        return allocate_images(size)
+
     def outputs_with_only(self, keep: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None]:
         """(labels, depth or None) of the frame `run` just segmented, at camera resolution, as if
         only the `keep` modalities had been present (evaluation of sensor failures). The encoded
         input is reused with the other slots zeroed and masked: exactly what `preprocess` gives a
-        modality that is absent."""
+        modality that is absent. It is copied first: `infer` overwrites a backend-owned input
+        buffer with what it is given."""
+        if self._unmasked is None:
+            self._unmasked = self._images.copy()
         mask = self._mask * np.array([[m in keep for m in MODALITIES]], np.float32)
-        out = self.backend.infer(self._images * mask[:, :, None, None, None], mask)
+        out = self.backend.infer(self._unmasked * mask[:, :, None, None, None], mask)
         labels = resize_nearest(np.asarray(out["labels"])[0], *self._camera_size).astype(np.uint8)
         return labels, (depth_image(out["depth"][0], labels) if "depth" in out else None)

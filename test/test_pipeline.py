@@ -200,3 +200,35 @@ def test_run_gives_depth_at_camera_resolution_when_the_model_has_it():
     np.testing.assert_allclose(result.depth[:, 0], 2.0, rtol=1e-6)
     assert pipeline.run(make_bundle(), 10**18, T_CAMERA_LIDAR, depth=False).depth is None
     assert make_pipeline().run(make_bundle(), 10**18, T_CAMERA_LIDAR).depth is None  # no depth task
+
+
+class BufferOwningBackend(StripesBackend):
+    """Like TensorRT: offers its input buffer and copies whatever else it is given into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.buffer = np.zeros(self.input_shape, np.float32)
+
+    def input_buffer(self):
+        return self.buffer
+
+    def infer(self, images, modality_mask):
+        if images is not self.buffer:
+            np.copyto(self.buffer, images)
+        return super().infer(self.buffer, modality_mask)
+
+
+def test_frames_are_encoded_straight_into_a_backend_owned_buffer():
+    owning = make_pipeline()
+    owning.backend = BufferOwningBackend()
+    plain = make_pipeline()
+    bundle = make_bundle()
+    owning.run(bundle, bundle.stamp_ns, T_CAMERA_LIDAR)
+    plain.run(bundle, bundle.stamp_ns, T_CAMERA_LIDAR)
+    assert owning._images is owning.backend.buffer  # no copy between preprocessing and the engine
+    np.testing.assert_array_equal(owning.backend.images[-1], plain.backend.images[-1])
+    # Subsets one after another: each starts from the full frame, not from the last subset.
+    for keep in (("rgb",), ("depth", "lidar")):
+        owning.outputs_with_only(keep)
+        plain.outputs_with_only(keep)
+        np.testing.assert_array_equal(owning.backend.images[-1], plain.backend.images[-1])
