@@ -39,7 +39,7 @@ def encoded_inputs(size: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]
     """Synthetic frames rendered at the model size and encoded as the node encodes them."""
     inputs = []
     for bundle, transform in synthetic_frames(count, (size, size)):
-        encoded = preprocess(bundle, PreprocessConfig(input_size=(size, size), T_camera_lidar=transform))
+        encoded = preprocess(bundle, PreprocessConfig(input_size=(size, size)), transform)
         inputs.append((encoded.model_input.images.copy(), encoded.model_input.modality_mask.copy()))
     return inputs
 

@@ -143,9 +143,7 @@ def verify_backend(backend, reference, frames: list[tuple[FrameBundle, np.ndarra
     equal = pixels = 0
     worst, conf_sum, conf_max, router_max = 1.0, 0.0, 0.0, 0.0
     for bundle, transform in tqdm(frames, desc="comparing with fp32 torch", leave=False):
-        for pipeline in (engine, fp32):
-            pipeline.preprocess_config.T_camera_lidar = transform
-        got, want = engine.run(bundle, bundle.stamp_ns), fp32.run(bundle, bundle.stamp_ns)
+        got, want = engine.run(bundle, bundle.stamp_ns, transform), fp32.run(bundle, bundle.stamp_ns, transform)
         same = int((got.labels == want.labels).sum())
         equal, pixels = equal + same, pixels + got.labels.size
         worst = min(worst, same / got.labels.size)
@@ -156,8 +154,7 @@ def verify_backend(backend, reference, frames: list[tuple[FrameBundle, np.ndarra
     inference, pipeline_ms = [], []
     for i in tqdm(range(latency_runs), desc="timing", leave=False):
         bundle, transform = frames[i % len(frames)]
-        engine.preprocess_config.T_camera_lidar = transform
-        result = engine.run(bundle, bundle.stamp_ns)
+        result = engine.run(bundle, bundle.stamp_ns, transform)
         inference.append(result.timings_ms["infer"])
         pipeline_ms.append(result.timings_ms["total"])
     memory = getattr(backend, "memory_report", None)
