@@ -38,6 +38,8 @@ class ModelSettings:
     engine_trusted: bool
     engine_cache_dir: str | None
     allow_engine_build: bool
+    engine_workspace_mib: int | None  # None: sized to the GPU
+    use_cuda_graph: bool
     precision: str
     device: str | None
     cpu_threads: int
@@ -47,8 +49,9 @@ class ModelSettings:
     def backend_options(self) -> dict:
         """Keyword arguments of `engine.create_backend`."""
         return dict(checkpoint=self.checkpoint, onnx_path=self.onnx_path, engine_path=self.engine_path,
-                    engine_trusted=self.engine_trusted, precision=self.precision, device=self.device, input_size=self.input_size,
-                    allow_build=self.allow_engine_build, cache_dir=self.engine_cache_dir,
+                    engine_trusted=self.engine_trusted, precision=self.precision, device=self.device,
+                    input_size=self.input_size, allow_build=self.allow_engine_build, cache_dir=self.engine_cache_dir,
+                    workspace_mib=self.engine_workspace_mib, use_cuda_graph=self.use_cuda_graph,
                     tasks=None if self.depth_task else ("semantic",))
 
 
@@ -103,8 +106,9 @@ class NodeSettings:
         model = ModelSettings(
             backend=v["backend"], checkpoint=v["checkpoint"] or None, onnx_path=v["onnx_path"] or None,
             engine_path=v["engine_path"] or None, engine_trusted=bool(v["engine_trusted"]),
-            engine_cache_dir=v["engine_cache_dir"] or None,
-            allow_engine_build=bool(v["allow_engine_build"]), precision=v["precision"],
+            engine_cache_dir=v["engine_cache_dir"] or None, allow_engine_build=bool(v["allow_engine_build"]),
+            engine_workspace_mib=int(v["engine_workspace_mib"]) or None, use_cuda_graph=bool(v["use_cuda_graph"]),
+            precision=v["precision"],
             device=v["device"] or None, cpu_threads=int(v["cpu_threads"]),
             input_size=(height, width) if height and width else None, depth_task=bool(v["depth_task"]))
         event_width, event_height = (int(x) for x in v["event_sensor_size"])

@@ -75,7 +75,12 @@ SETTINGS: tuple[Setting, ...] = (
             "the log says so. A record that disagrees is never overridden"),
     Setting("engine_cache_dir", "", "where built TensorRT engines are kept; empty: the default cache"),
     Setting("allow_engine_build", True, "build a TensorRT engine when none valid exists (else fail clearly)"),
-    Setting("precision", "fp16", "inference precision", choices=("fp16", "fp32")),
+    Setting("engine_workspace_mib", 0, "TensorRT builder workspace limit in MiB; 0: 1/8 of the GPU memory, at "
+            "most 2048 (1024 on an 8 GB Jetson Orin)", low=0, high=65536),
+    Setting("use_cuda_graph", False, "TensorRT: replay the engine as one captured CUDA graph (less launch "
+            "overhead per frame; plain execution where capture is not supported)"),
+    Setting("precision", "fp16", "inference precision of GPU backends (CPU backends run fp32); an fp32 "
+            "onnx_path is converted for fp16", choices=("fp16", "fp32")),
     Setting("device", "", "torch device (cpu, cuda, cuda:1); empty: CUDA when available"),
     Setting("cpu_threads", 1, "torch CPU threads for CPU inference; 0: torch's default (all cores). 1 by "
             "default: a node shares the CPU with the rest of the stack, and oversubscribed threads made "

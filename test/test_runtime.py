@@ -138,6 +138,26 @@ def test_model_state_rules():
     assert model.problem() == (ERROR, "model failed to load: x") and not model.trained
 
 
+def test_why_better_backends_were_skipped_reaches_diagnostics(monkeypatch):
+    backend = FakeBackend()
+    backend.fallback_reasons = ("tensorrt: GpuResourceError: out of memory", "onnxruntime-gpu: no CUDA provider")
+    core = make_core(monkeypatch, backend)
+    assert core.load_model()
+    assert core.report().node.values["fallbacks"] == ("tensorrt: GpuResourceError: out of memory | "
+                                                      "onnxruntime-gpu: no CUDA provider")
+
+
+def test_engine_parameters_reach_create_backend(monkeypatch):
+    import sam_mmseg_ros.engine as engine
+
+    core = make_core(monkeypatch, use_cuda_graph=True, engine_workspace_mib=512, precision="fp32")
+    asked = {}
+    monkeypatch.setattr(engine, "create_backend", lambda kind, **options: asked.update(options) or FakeBackend())
+    assert core.load_model()
+    assert asked["use_cuda_graph"] is True and asked["workspace_mib"] == 512 and asked["precision"] == "fp32"
+    assert NodeSettings.from_values({}).model.backend_options()["workspace_mib"] is None  # 0: sized to the GPU
+
+
 def test_camera_silence_is_an_error_and_makes_rgb_stale_with_weight_zero(monkeypatch):
     clock = {"t": 100.0}
     camera = CameraWatchdog(timeout_s=1.0, clock=lambda: clock["t"])
