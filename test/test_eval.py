@@ -229,3 +229,23 @@ def test_comparison_tables_from_metrics_files(tmp_path, capsys):
     assert "| single-task | 39.0 | 42.0 |" in out
     assert "#### multi-task: depth" in out and "#### single-task: depth" not in out
     assert "| RGB | 0.200 | 5.00 | 90.0 | 10 |" in out and "0.100 · 5.0 m · 90 %" in out and "hole filling" in out
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_eval_scores_the_backend_at_the_node_precision(tmp_path, monkeypatch, precision):
+    """`eval --backend tensorrt` builds the engine the node runs, not an fp32 one of its own."""
+    import sam_mmseg_ros.engine as engine
+    from sam_mmseg_ros import cli
+
+    asked = {}
+
+    def stop_here(kind, **options):
+        asked.update(options, kind=kind)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(engine, "create_backend", stop_here)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"/**:\n  ros__parameters:\n    precision: {precision}\n    use_cuda_graph: true\n")
+    with pytest.raises(SystemExit):
+        cli.main(["eval", str(tmp_path), "--backend", "tensorrt", "--params-file", str(params)])
+    assert asked["kind"] == "tensorrt" and asked["precision"] == precision and asked["use_cuda_graph"] is True
