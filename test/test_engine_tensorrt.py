@@ -755,7 +755,13 @@ def test_fp32_engines_are_built_without_tf32(monkeypatch, onnx_file, tmp_path):
     onnx.save(model, str(fp32_file))
     assert cli.main(["build-engine", "--onnx", str(fp32_file), "--precision", "fp32", "--cache-dir", str(tmp_path)]) == 0
     assert _build(onnx_file, tmp_path) == 0
-    assert [b["tf32_cleared"] for b in fake.builds] == [True, False]
+    # The node's parameters decide what is built when the command line does not.
+    params = tmp_path / "vehicle.yaml"
+    params.write_text(f"/**:\n  ros__parameters:\n    precision: fp32\n    onnx_path: {fp32_file}\n"
+                      f"    engine_cache_dir: {tmp_path / 'node_cache'}\n    engine_workspace_mib: 640\n")
+    assert cli.main(["build-engine", "--params-file", str(params)]) == 0
+    assert fake.builds[-1]["workspace"][1] == 640 << 20 and list((tmp_path / "node_cache" / "engines").glob("*"))
+    assert [b["tf32_cleared"] for b in fake.builds] == [True, False, True]
     # An fp16 file cannot make an fp32 engine: said, not ignored.
     assert cli.main(["build-engine", "--onnx", str(onnx_file), "--precision", "fp32", "--cache-dir",
                      str(tmp_path)]) == EXIT_BUILD_FAILED

@@ -2,13 +2,14 @@
 `build_only`, so a vehicle starts with a ready engine instead of building for minutes at launch;
 with `--verify`, also check it there (engine/verify.py).
 
-    sam-mmseg build-engine --verify          # the shipped model, fp16, the node's default size
+    sam-mmseg build-engine --verify [--params-file vehicle.yaml]
 
-Model: `--onnx`, else `--checkpoint` (default: the shipped model) exported at `--input-size`
-(default: the model's own size, which is what the node runs with `input_size: [0, 0]`). fp16 by
-default, the node's default precision; an fp32 ONNX file is converted. Shows TensorRT's build
-phases as progress bars; exits non-zero with the parser's errors when the ONNX cannot be built,
-and with EXIT_VERIFY_FAILED when the engine's labels do not agree with the fp32 model.
+What to build comes from the node's parameters (`--params-file`, default the shipped one), so the
+engine is the one the node will look up: its checkpoint or onnx_path, input_size, precision
+(fp16 by default), engine_cache_dir, engine_workspace_mib, use_cuda_graph; the options below
+override them. An fp32 ONNX file is converted for fp16. Shows TensorRT's build phases as progress
+bars; exits non-zero with the parser's errors when the ONNX cannot be built, and with
+EXIT_VERIFY_FAILED when the engine's labels do not agree with the fp32 model.
 """
 
 from __future__ import annotations
@@ -29,20 +30,23 @@ EXIT_VERIFY_FAILED = 3
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     from sam_mmseg_ros.engine.tensorrt_backend import DEFAULT_OPTIMIZATION_LEVEL
 
+    parser.add_argument("--params-file", default=None,
+                        help="the node's parameters YAML (default: the shipped config/sam_mmseg.yaml)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--onnx", default=None, help="ONNX file from `sam-mmseg export`")
+    source.add_argument("--onnx", default=None, help="ONNX file from `sam-mmseg export` (node: onnx_path)")
     source.add_argument("--checkpoint", default=None,
-                        help="model to export (default: the shipped model, else a random untrained tiny model)")
+                        help="model to export (node: checkpoint; default: the shipped model)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="model input size for the export (default: the model's own, as the node's input_size "
-                             "[0, 0])")
-    parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
-                        help="engine precision (default fp16, the node's default)")
+                        help="model input size for the export (node: input_size; [0, 0]: the model's own)")
+    parser.add_argument("--precision", choices=("fp16", "fp32"), default=None,
+                        help="engine precision (node: precision, fp16 by default)")
     parser.add_argument("--engine", default=None,
-                        help="engine file to write (default: in the cache, named by the cache key)")
-    parser.add_argument("--cache-dir", default=None, help=f"cache folder (default: {default_cache_dir()})")
+                        help="engine file to write (node: engine_path; default: in the cache, named by the key)")
+    parser.add_argument("--cache-dir", default=None,
+                        help=f"cache folder (node: engine_cache_dir; default: {default_cache_dir()})")
     parser.add_argument("--workspace-mib", type=int, default=None,
-                        help="builder workspace limit (default: 1/8 of the GPU memory, at most 2048)")
+                        help="builder workspace limit (node: engine_workspace_mib; default: 1/8 of the GPU "
+                             "memory, at most 2048)")
     parser.add_argument("--opt-level", type=int, default=DEFAULT_OPTIMIZATION_LEVEL, choices=range(6),
                         metavar="0-5", help="builder optimization level (higher: longer build, maybe faster)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
@@ -55,7 +59,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--camera-size", type=int, nargs=2, metavar=("H", "W"), default=(480, 640),
                         help="synthetic camera resolution")
     verify.add_argument("--latency-runs", type=int, default=100, help="pipeline runs timed")
-    verify.add_argument("--cuda-graph", action="store_true", help="verify with CUDA-graph replay (node: use_cuda_graph)")
+    verify.add_argument("--cuda-graph", action="store_true", default=None,
+                        help="verify with CUDA-graph replay (node: use_cuda_graph)")
     verify.add_argument("--report", default=None,
                         help="report to write (Markdown, JSON next to it; default: next to the engine)")
 
@@ -63,6 +68,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sam_mmseg_ros.engine.tensorrt_backend import EngineBuildError, TensorRTUnavailable, ensure_engine
 
+    _fill_from_node_parameters(args)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     try:
         onnx_path = _onnx_for(args, cache_dir)
@@ -80,6 +86,22 @@ def run(args: argparse.Namespace) -> int:
           f"{key.get('sm_count')} SMs, {key.get('total_memory_gib')} GiB), TensorRT {key['tensorrt_version']}, "
           f"{key['precision']}, onnx sha256 {key['onnx_sha256'][:16]}")
     return verify_engine(path, onnx_path, args) if args.verify else 0
+
+
+def _fill_from_node_parameters(args: argparse.Namespace) -> None:
+    """Options not given on the command line take the node's values."""
+    from sam_mmseg_ros.node_settings import NodeSettings
+
+    node = NodeSettings.from_file(args.params_file).model
+    if args.onnx is None and args.checkpoint is None:
+        args.onnx, args.checkpoint = node.onnx_path, node.checkpoint
+    if args.input_size is None or not all(args.input_size):
+        args.input_size = node.input_size if args.input_size is None else None
+    for name, value in (("precision", node.precision), ("engine", node.engine_path),
+                        ("cache_dir", node.engine_cache_dir), ("workspace_mib", node.engine_workspace_mib),
+                        ("cuda_graph", node.use_cuda_graph)):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def _onnx_for(args: argparse.Namespace, cache_dir: Path) -> Path:
