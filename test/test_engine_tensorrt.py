@@ -424,7 +424,7 @@ class FakeTensorRT:
                 mask = tensor("modality_mask", np.float32, (batch, modalities))
                 tensor("labels", np.int32, (batch, height, width))[:] = 0
                 tensor("confidence", np.float32, (batch, height, width))[:] = 0.9
-                tensor("router_weights", np.float32, (batch, modalities))[:] = mask / mask.sum()
+                tensor("router_weights", np.float32, (batch, modalities))[:] = mask / max(mask.sum(), 1.0)
                 return True
 
         class ICudaEngine:

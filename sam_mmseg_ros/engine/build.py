@@ -18,6 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from sam_mmseg_ros.contracts import BadFileError
 from sam_mmseg_ros.engine.engine_cache import EngineCacheError, default_cache_dir, read_record
 
 LOG = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     except TensorRTUnavailable as exc:
         LOG.error("cannot build a TensorRT engine here: %s", exc)
         return EXIT_NO_TENSORRT
+    except BadFileError:
+        raise  # a file the user named is unusable: the command line says which (cli.EXIT_BAD_FILE)
     except (EngineBuildError, EngineCacheError, FileNotFoundError, ValueError) as exc:
         LOG.error("%s", exc)
         return EXIT_BUILD_FAILED
@@ -108,14 +111,14 @@ def _onnx_for(args: argparse.Namespace, cache_dir: Path) -> Path:
     """The ONNX file at the requested precision: the one given (an fp32 file converted once to
     fp16), else the checkpoint's cached export."""
     from sam_mmseg_ros.engine.export import cached_export, cached_fp16, read_metadata
+    from sam_mmseg_ros.engine.onnx_check import check_onnx_file
 
     if args.onnx is None:
         return cached_export(args.checkpoint, cache_dir, precision=args.precision, input_size=args.input_size)
     if args.input_size is not None:
         raise ValueError("--input-size applies to an export; an ONNX file has its own size")
     given = Path(args.onnx)
-    if not given.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {given}")
+    check_onnx_file(given)  # before reading it, let alone converting it
     have = read_metadata(given).get("precision", "fp32")
     if have == args.precision:
         return given
