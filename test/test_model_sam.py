@@ -173,3 +173,7 @@ def test_positional_encoding_is_kept_per_grid_and_forgotten_with_new_weights():
     model = _micro()
     model.prepare_export((128, 128))
     assert model.decoder.pe_layer.dense_pe.shape == (32, 8, 8)  # out_chans 32, 128 px / patch 16
+    multi_task = build_model("tiny_talora", img_size=64, depth=2, global_attn_indexes=(1,), aux_block_indexes=(0, 1))
+    multi_task.prepare_export((64, 64))
+    layers = [m for m in multi_task.modules() if isinstance(m, PositionEmbeddingRandom)]
+    assert len(layers) > 1 and all(layer.dense_pe.shape[1:] == (4, 4) for layer in layers)  # depth decoder too
