@@ -37,6 +37,7 @@ setup(
             "pytest",
             "ruff",
             "segment-anything",
+            "iopath",  # for sam2's Hiera (sam2 itself: Makefile, --no-deps)
             "colcon-common-extensions",
             "xmlschema",
         ],

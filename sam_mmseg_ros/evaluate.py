@@ -64,9 +64,13 @@ def run(args) -> int:
         from sam_mmseg_ros.node_settings import NodeSettings
         from sam_mmseg_ros.sensors.encodings import EncodingError
 
-        input_size = NodeSettings.from_file(args.params_file).model.input_size
-        backend = create_backend(args.backend, checkpoint=args.checkpoint, precision="fp32",
-                                 device=args.device if args.backend == "torch" else None, input_size=input_size)
+        # The node's precision, size and engine settings, so `--backend tensorrt` scores the engine
+        # the node runs (the torch reference on CPU runs fp32 whatever the precision).
+        node = NodeSettings.from_file(args.params_file).model.backend_options()
+        options = {k: node[k] for k in ("precision", "input_size", "allow_build", "cache_dir", "workspace_mib",
+                                        "use_cuda_graph")}
+        backend = create_backend(args.backend, checkpoint=args.checkpoint,
+                                 device=args.device if args.backend == "torch" else None, **options)
         from sam_mmseg_ros.eval.offline import NoCameraFrames
         from sam_mmseg_ros.topic_map import parse_topic_map
 

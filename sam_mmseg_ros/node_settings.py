@@ -22,7 +22,7 @@ from sam_mmseg_ros.settings import SettingsError, defaults, load_parameters, val
 from sam_mmseg_ros.sync import SYNCED_MODALITIES, SyncConfig
 
 INPUT_KINDS = tuple(INPUT_TOPICS)  # rgb, camera_info, depth, event, lidar
-OUTPUTS = ("labels", "color", "overlay", "painted_points", "modality_health")
+OUTPUTS = ("labels", "color", "overlay", "painted_points", "modality_health", "depth")
 TRANSPORT_SUFFIX = {"raw": "", "compressed": "/compressed", "compressedDepth": "/compressedDepth"}
 """image_transport's topic for a transport: <base topic><suffix>."""
 
@@ -38,10 +38,13 @@ class ModelSettings:
     engine_trusted: bool
     engine_cache_dir: str | None
     allow_engine_build: bool
+    engine_workspace_mib: int | None  # None: sized to the GPU
+    use_cuda_graph: bool
     precision: str
     device: str | None
     cpu_threads: int
     input_size: tuple[int, int] | None  # (height, width); None: the model's own
+    depth_task: bool  # False: the model runs without its depth task
     domain: str | None  # pinned domain adapter; None: the model's selector chooses per frame
 
     def backend_options(self) -> dict:
@@ -49,7 +52,8 @@ class ModelSettings:
         return dict(checkpoint=self.checkpoint, onnx_path=self.onnx_path, engine_path=self.engine_path,
                     engine_trusted=self.engine_trusted, precision=self.precision, device=self.device,
                     input_size=self.input_size, allow_build=self.allow_engine_build, cache_dir=self.engine_cache_dir,
-                    domain=self.domain)
+                    workspace_mib=self.engine_workspace_mib, use_cuda_graph=self.use_cuda_graph,
+                    tasks=None if self.depth_task else ("semantic",), domain=self.domain)
 
 
 @dataclass(frozen=True)
@@ -104,10 +108,12 @@ class NodeSettings:
         model = ModelSettings(
             backend=v["backend"], checkpoint=v["checkpoint"] or None, onnx_path=v["onnx_path"] or None,
             engine_path=v["engine_path"] or None, engine_trusted=bool(v["engine_trusted"]),
-            engine_cache_dir=v["engine_cache_dir"] or None,
-            allow_engine_build=bool(v["allow_engine_build"]), precision=v["precision"],
+            engine_cache_dir=v["engine_cache_dir"] or None, allow_engine_build=bool(v["allow_engine_build"]),
+            engine_workspace_mib=int(v["engine_workspace_mib"]) or None, use_cuda_graph=bool(v["use_cuda_graph"]),
+            precision=v["precision"],
             device=v["device"] or None, cpu_threads=int(v["cpu_threads"]),
-            input_size=(height, width) if height and width else None, domain=v["domain"] or None)
+            input_size=(height, width) if height and width else None, depth_task=bool(v["depth_task"]),
+            domain=v["domain"] or None)
         event_width, event_height = (int(x) for x in v["event_sensor_size"])
         inputs = {m: str(v[f"{m}_input"]) for m in SYNCED_MODALITIES}
         return cls(values=dict(v), model=model, enabled=enabled, inputs=inputs,

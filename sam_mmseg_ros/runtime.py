@@ -88,6 +88,7 @@ class FrameOutputs:
     painted_points: np.ndarray | None = None  # painted_cloud() structured points
     modality_health: dict[str, ModalityHealth] | None = None
     domain: DomainState | None = None  # with modality_health, for domain-adapter models
+    depth: np.ndarray | None = None  # float32 [H, W] metres, NaN where invalid (depth models)
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,8 @@ class SegmentationCore:
         bundle = self.feeder.assemble(camera)
         lidar_frame = getattr(bundle.lidar, "frame_id", "")  # a ready LiDAR image needs no transform
         T = lookup_transform(camera.frame_id, lidar_frame)
-        result = self.pipeline.run(bundle, self.now_ns(), T, paint="painted_points" in wanted)
+        result = self.pipeline.run(bundle, self.now_ns(), T, paint="painted_points" in wanted,
+                                   depth="depth" in wanted)
         for modality in MODALITIES:
             if modality in result.errors:
                 self.problems.report(f"{modality} encoding", result.errors[modality])
@@ -245,6 +247,7 @@ class SegmentationCore:
         if "modality_health" in wanted:
             out.modality_health = result.health
             out.domain = self._last_domain if result.domain is not None else None
+        out.depth = result.depth
         self.stats.record((self.now_ns() - camera.stamp_ns) / 1e6, time.monotonic())
         return out
 

@@ -75,7 +75,12 @@ SETTINGS: tuple[Setting, ...] = (
             "the log says so. A record that disagrees is never overridden"),
     Setting("engine_cache_dir", "", "where built TensorRT engines are kept; empty: the default cache"),
     Setting("allow_engine_build", True, "build a TensorRT engine when none valid exists (else fail clearly)"),
-    Setting("precision", "fp16", "inference precision", choices=("fp16", "fp32")),
+    Setting("engine_workspace_mib", 0, "TensorRT builder workspace limit in MiB; 0: 1/8 of the GPU memory, at "
+            "most 2048 (1024 on an 8 GB Jetson Orin)", low=0, high=65536),
+    Setting("use_cuda_graph", False, "TensorRT: replay the engine as one captured CUDA graph (less launch "
+            "overhead per frame; plain execution where capture is not supported)"),
+    Setting("precision", "fp16", "inference precision of GPU backends (CPU backends run fp32); an fp32 "
+            "onnx_path is converted for fp16", choices=("fp16", "fp32")),
     Setting("device", "", "torch device (cpu, cuda, cuda:1); empty: CUDA when available"),
     Setting("cpu_threads", 1, "torch CPU threads for CPU inference; 0: torch's default (all cores). 1 by "
             "default: a node shares the CPU with the rest of the stack, and oversubscribed threads made "
@@ -87,6 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("domain_min_confidence", 0.5, "domain-adapter models: a frame whose selector confidence in the "
             "domain used is below this is reported as WARN (it looks like no learned domain, or not like the "
             "pinned one)", low=0.0, high=1.0, runtime=True),
+    Setting("depth_task", True, "run the model's dense depth task (models that have one) for ~/output/depth; "
+            "false runs a checkpoint's model without it, at no extra cost (an ONNX or engine file given "
+            "runs as it is)"),
     # --- inputs ----------------------------------------------------------------------------------
     Setting("enable.depth", True, "subscribe to ~/input/depth and use it"),
     Setting("enable.event", True, "subscribe to ~/input/events and use it"),
@@ -179,6 +187,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("publish.overlay", True, "publish ~/output/overlay", runtime=True),
     Setting("publish.painted_points", True, "publish ~/output/painted_points", runtime=True),
     Setting("publish.modality_health", True, "publish ~/output/modality_health", runtime=True),
+    Setting("publish.depth", True, "publish ~/output/depth (32FC1, metres, NaN where there is no surface "
+            "such as sky), from models with the depth task", runtime=True),
     Setting("overlay_alpha", 0.5, "weight of the class colours in the overlay", low=0.0, high=1.0, runtime=True),
 )
 

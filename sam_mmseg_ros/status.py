@@ -49,11 +49,13 @@ class ModelState:
         return None
 
     def values(self, precision: str) -> dict:
+        """`fallbacks`: why better backends were skipped (`create_backend`'s fallback_reasons)."""
         backend = self.backend
         return {"backend": backend.name if backend else self.requested_backend,
                 "precision": backend.precision if backend else precision,
                 "input_size": "x".join(str(v) for v in backend.input_shape[-2:]) if backend else "",
-                "model_state": self.state, "trained": self.trained}
+                "model_state": self.state, "trained": self.trained,
+                "fallbacks": " | ".join(getattr(backend, "fallback_reasons", ()))}
 
 
 @dataclass

@@ -29,3 +29,13 @@ def contract_model(m: int = 4, h: int = 8, w: int = 8) -> onnx.ModelProto:
     initializers.append(numpy_helper.from_array(np.array(0.5, np.float32), "half"))
     graph = helper.make_graph(nodes, "contract", inputs, outputs, initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def contract_inputs(seed: int, mask: list[float], size: int, m: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded normal images [1, m, 3, size, size] with absent slots zeroed (the contract) and their
+    modality_mask [1, m]."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(0.0, 1.0, (1, m, 3, size, size)).astype(np.float32)
+    modality_mask = np.array([mask], np.float32)
+    images[:, modality_mask[0] == 0] = 0.0
+    return images, modality_mask

@@ -75,6 +75,7 @@ def frames():
     ({"adapters": "moda", "domains": ("sun",), "domain_split": 4}, "domain_split"),
     ({"domains": ("sun",)}, "only for 'moda'"),
     ({"adapters": "mixture"}, "adapters must be one of"),
+    ({"adapters": "moda", "domains": ("sun",), "backbone": "hiera"}, "backbone 'vit'"),
 ])
 def test_config_refuses_inconsistent_domain_settings(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -82,7 +83,7 @@ def test_config_refuses_inconsistent_domain_settings(overrides, message):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"domains": [f"d{i}" for i in range(40)]}, "at most 32 adapters"),
+    ({"domains": [f"d{i}" for i in range(40)]}, "domains must hold at most 32 strings"),
     ({"domains": ["sun", 3]}, "strings of at most"),
     ({"domain_tokens": 10_000}, "domain_tokens 10000 is outside"),
 ])
@@ -147,6 +148,24 @@ def test_the_selector_chooses_in_the_forward_and_a_pin_overrides_it():
     torch.testing.assert_close(pinned["domain_confidence"], logits.softmax(dim=1)[:, 2])
     with pytest.raises(ValueError, match="unknown domain 'fog'"):
         model.domains.pin("fog")
+
+
+def test_a_depth_model_with_domain_adapters_keeps_its_pin_without_its_depth_task():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("tiny", **SMALL, adapters="moda", domains=("sun", "night"), domain_split=1,
+                            tasks=("semantic", "depth")).eval()
+    _randomize_adapters(model)
+    model.domains.pin("night")
+    images, mask = _inputs(frames=2)
+    with torch.no_grad():
+        out = model(images, mask)
+        semantic = model.with_tasks(("semantic",))
+        only = semantic(images, mask)
+    assert tuple(out) == model.output_names == ("labels", "confidence", "router_weights", "depth", "domain",
+                                                "domain_confidence")
+    assert semantic.domains.pinned_name == "night" and only["domain"].tolist() == [1, 1]
+    assert torch.equal(only["labels"], out["labels"]) and "depth" not in only
 
 
 def test_the_selector_reads_only_the_camera_slot():

@@ -191,6 +191,26 @@ def test_model_state_rules():
     assert model.problem() == (ERROR, "model failed to load: x") and not model.trained
 
 
+def test_why_better_backends_were_skipped_reaches_diagnostics(monkeypatch):
+    backend = FakeBackend()
+    backend.fallback_reasons = ("tensorrt: GpuResourceError: out of memory", "onnxruntime-gpu: no CUDA provider")
+    core = make_core(monkeypatch, backend)
+    assert core.load_model()
+    assert core.report().node.values["fallbacks"] == ("tensorrt: GpuResourceError: out of memory | "
+                                                      "onnxruntime-gpu: no CUDA provider")
+
+
+def test_engine_parameters_reach_create_backend(monkeypatch):
+    import sam_mmseg_ros.engine as engine
+
+    core = make_core(monkeypatch, use_cuda_graph=True, engine_workspace_mib=512, precision="fp32")
+    asked = {}
+    monkeypatch.setattr(engine, "create_backend", lambda kind, **options: asked.update(options) or FakeBackend())
+    assert core.load_model()
+    assert asked["use_cuda_graph"] is True and asked["workspace_mib"] == 512 and asked["precision"] == "fp32"
+    assert NodeSettings.from_values({}).model.backend_options()["workspace_mib"] is None  # 0: sized to the GPU
+
+
 def test_camera_silence_is_an_error_and_makes_rgb_stale_with_weight_zero(monkeypatch):
     clock = {"t": 100.0}
     camera = CameraWatchdog(timeout_s=1.0, clock=lambda: clock["t"])
@@ -322,3 +342,24 @@ def test_a_refused_camera_info_is_named_in_depth_lidar_health_and_the_status(mon
     assert lidar.state == "invalid" and "unsupported distortion model 'double_sphere'" in lidar.reason
     report = core.report()
     assert report.node.level == WARN and "unsupported distortion model 'double_sphere'" in report.node.message
+
+
+class DepthBackend(FakeBackend):
+    output_names = ("labels", "confidence", "router_weights", "depth")
+
+    def infer(self, images, modality_mask):
+        return {**super().infer(images, modality_mask), "depth": np.full((1, 16, 16), 7.5, np.float32)}
+
+
+def test_depth_is_rendered_only_when_wanted_and_the_task_can_be_turned_off(monkeypatch):
+    core = make_core(monkeypatch, DepthBackend())
+    assert core.load_model()
+    core.on_camera(image_msg())
+    camera = core.slot.take(0.1)
+    out = core.process(camera, lambda *_: np.eye(4), {"labels", "depth"})
+    assert out.depth.shape == (HEIGHT, WIDTH) and out.depth.dtype == np.float32
+    np.testing.assert_allclose(out.depth, 7.5, rtol=1e-6)  # labels 0 and 2: no sky, every pixel valid
+    assert core.process(camera, lambda *_: np.eye(4), {"labels"}).depth is None
+    assert make_core(monkeypatch).settings.model.backend_options()["tasks"] is None
+    off = make_core(monkeypatch, DepthBackend(), depth_task=False).settings.model.backend_options()
+    assert off["tasks"] == ("semantic",)

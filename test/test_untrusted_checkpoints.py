@@ -19,8 +19,7 @@ import torch
 from sam_mmseg_ros.cli import EXIT_BAD_FILE
 from sam_mmseg_ros.cli import main as cli_main
 from sam_mmseg_ros.engine import create_backend
-from sam_mmseg_ros.model import build_model
-from sam_mmseg_ros.model import checkpoint as checkpoint_module
+from sam_mmseg_ros.model import build_model, safe_load
 from sam_mmseg_ros.model.checkpoint import CheckpointError, load_checkpoint, load_sam_weights, save_checkpoint
 from sam_mmseg_ros.model.config import CONFIG_LIMITS, MODEL_CONFIGS
 
@@ -182,7 +181,8 @@ def test_absurd_config_is_refused_without_allocating(tmp_path):
     lines = done.stdout.splitlines()
     assert lines[0] == "limit holds"  # the probe can fail: a 512 MB allocation is refused
     assert lines[1].startswith(f"refused: {path} has an invalid model config")
-    assert "embed_dim 8192 is outside (0, 1280]" in lines[1] and "depth 64 is outside (0, 32]" in lines[1]
+    # 1280: ViT-H's width; 48: SAM2 Hiera-L's depth
+    assert "embed_dim 8192 is outside (0, 1280]" in lines[1] and "depth 64 is outside (0, 48]" in lines[1]
 
 
 def _with_config(good: Path, tmp_path: Path, **changes) -> Path:
@@ -216,10 +216,9 @@ def test_invalid_configs_name_the_file_and_field(micro_checkpoint, tmp_path, cha
 
 
 def test_official_configs_are_within_the_limits():
-    for name in ("vit_b", "vit_l", "vit_h", "tiny"):
-        config = MODEL_CONFIGS[name]
+    for name, config in MODEL_CONFIGS.items():
         assert all(getattr(config, field) <= limit for field, limit in CONFIG_LIMITS.items()), name
-    assert CONFIG_LIMITS["embed_dim"] == 1280 and CONFIG_LIMITS["depth"] == 32  # ViT-H's
+    assert CONFIG_LIMITS["embed_dim"] == 1280 and CONFIG_LIMITS["depth"] == 48  # ViT-H's width, Hiera-L's depth
 
 
 # --------------------------------------------------------------------------- tensors and archives
@@ -252,7 +251,7 @@ def test_sam_weights_that_are_not_tensors_are_refused(tmp_path):
 
 
 def test_archive_sizes_are_bounded_before_loading(micro_checkpoint, monkeypatch):
-    monkeypatch.setattr(checkpoint_module, "MAX_CHECKPOINT_BYTES", 1000)
+    monkeypatch.setattr(safe_load, "MAX_CHECKPOINT_BYTES", 1000)
     with pytest.raises(CheckpointError, match="GiB of content, more than"):
         load_checkpoint(micro_checkpoint)
 
@@ -261,7 +260,7 @@ def test_the_largest_model_fits_the_archive_bound():
     with torch.device("meta"):  # shapes only, no memory
         vit_h = build_model("vit_h")
     weights = sum(t.numel() * t.element_size() for t in vit_h.state_dict().values())
-    assert 1.5 * weights < checkpoint_module.MAX_CHECKPOINT_BYTES  # room for the optimizer's share
+    assert 1.5 * weights < safe_load.MAX_CHECKPOINT_BYTES  # room for the optimizer's share
 
 
 def test_truncated_or_foreign_files_are_checkpoint_errors(micro_checkpoint, tmp_path):

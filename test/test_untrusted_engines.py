@@ -30,7 +30,8 @@ def fake(monkeypatch):
 
 
 def _key(fake: FakeTensorRT, precision: str = "fp16", gpu_name: str | None = None) -> EngineKey:
-    return EngineKey("a" * 64, fake.trt.__version__, gpu_name or fake.gpu_name, fake.capability, precision)
+    return EngineKey("a" * 64, fake.trt.__version__, gpu_name or fake.gpu_name, fake.capability, precision,
+                     fake.sm_count, round(fake.total_memory / 2**30))
 
 
 def _load(path, **options):
@@ -79,7 +80,7 @@ def test_create_backend_passes_the_trust_flag(fake, tmp_path, caplog):
     with pytest.raises(EngineCacheError, match="no usable cache record"):
         create_backend("tensorrt", engine_path=engine)
     with caplog.at_level(logging.WARNING):
-        backend = create_backend("tensorrt", engine_path=engine, engine_trusted=True)
+        backend = create_backend("tensorrt", engine_path=engine, engine_trusted=True, warmup_frames=0)  # a stub
     assert backend.name == "tensorrt" and [path for path, _ in fake.loaded] == [engine]
     assert "marked trusted" in caplog.text
 

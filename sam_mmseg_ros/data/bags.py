@@ -26,6 +26,7 @@ from sam_mmseg_ros.contracts import (
     BAG_TOPICS,
     CAMERA_RECORD_DELAY_NS,
     CONDITION_TOPIC,
+    GROUND_TRUTH_DEPTH_TOPIC,
     GROUND_TRUTH_TOPIC,
     EventArray,
     PointCloud,
@@ -156,8 +157,17 @@ def _latched_qos():
                QosLiveliness.AUTOMATIC, zero, False)
 
 
+def ground_truth_depth(depth_m: np.ndarray) -> np.ndarray:
+    """Metric depth as the ground-truth topic carries it: float32 metres, NaN where unknown (0 in
+    the generator and the DELIVER reader)."""
+    depth = np.asarray(depth_m, np.float32)
+    return np.where(depth > 0, depth, np.float32(np.nan)).astype(np.float32)
+
+
 def frame_messages(frame, builder: _Messages, topics: dict[str, str], previous_stamp_ns: int | None):
-    """(topic, msgtype, message) of one frame: a SyntheticFrame, or a DELIVER dict with `stamp_ns`."""
+    """(topic, msgtype, message) of one frame: a SyntheticFrame, or a DELIVER dict with `stamp_ns`.
+    Ground-truth depth comes before the labels: a reader scoring a frame when its labels arrive
+    has its depth too."""
     if isinstance(frame, dict):
         return _deliver_messages(frame, builder, topics)
     stamp, cam = frame.stamp_ns, frame.camera
@@ -169,6 +179,8 @@ def frame_messages(frame, builder: _Messages, topics: dict[str, str], previous_s
         (topics["depth"], "sensor_msgs/msg/Image", builder.image(frame.depth, "32FC1", stamp, cam.frame_id)),
         (topics["event"], "sensor_msgs/msg/PointCloud2", builder.events(frame.events, window_start, cam.frame_id)),
         (topics["lidar"], "sensor_msgs/msg/PointCloud2", builder.lidar(frame.lidar, stamp)),
+        (GROUND_TRUTH_DEPTH_TOPIC, "sensor_msgs/msg/Image",
+         builder.image(ground_truth_depth(frame.ground_truth_depth()), "32FC1", stamp, cam.frame_id)),
         (GROUND_TRUTH_TOPIC, "sensor_msgs/msg/Image", builder.image(frame.labels, "mono8", stamp, cam.frame_id)),
     ]
 
@@ -178,7 +190,8 @@ def _deliver_messages(frame: dict, builder: _Messages, topics: dict[str, str]):
     the image a DELIVER frame gives its slot (`data.deliver.deliver_images`, the images training
     reads): metric depth as 32FC1 (or the hha/ images as rgb8), the event and LiDAR renderings as
     Images; there are no raw clouds. A node replaying it needs event_input and lidar_input 'image'
-    (and depth_input 'image' for hha/); `sam-mmseg eval` sets them from the bag."""
+    (and depth_input 'image' for hha/); `sam-mmseg eval` sets them from the bag. The metric depth
+    is also published as the depth ground truth (not with hha/)."""
     from sam_mmseg_ros.data.deliver import deliver_images
 
     stamp = frame["stamp_ns"]
@@ -188,6 +201,9 @@ def _deliver_messages(frame: dict, builder: _Messages, topics: dict[str, str]):
     for modality, image in deliver_images(frame).items():
         messages.append((topics[modality], "sensor_msgs/msg/Image", builder.image(image.array, image.encoding, stamp,
                                                                                   fid)))
+    if "depth" in frame:  # metric depth from depth/: also the depth task's ground truth, before the labels
+        messages.append((GROUND_TRUTH_DEPTH_TOPIC, "sensor_msgs/msg/Image",
+                         builder.image(ground_truth_depth(frame["depth"]), "32FC1", stamp, fid)))
     messages.append((GROUND_TRUTH_TOPIC, "sensor_msgs/msg/Image", builder.image(frame["label"], "mono8", stamp, fid)))
     return messages
 
@@ -204,7 +220,8 @@ def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
     """Write frames (SyntheticFrame, or DELIVER dicts with stamp_ns, camera and condition) to a new
     rosbag2 directory; returns the number of messages.
 
-    Each frame's condition goes on CONDITION_TOPIC; its camera image and ground truth are recorded
+    Each frame's condition goes on CONDITION_TOPIC; its camera image and ground truth (labels and
+    metric depth) are recorded
     CAMERA_RECORD_DELAY_NS after the other sensors (see contracts). A SyntheticFrame also puts its
     LiDAR extrinsic on /tf_static once (camera_optical_frame -> lidar). `leave_out` maps a frame
     index to the sensors ("depth", "event", "lidar") that send nothing for it: a staged outage.
@@ -220,7 +237,7 @@ def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
     connections: dict[str, object] = {}
     count = 0
     previous: int | None = None
-    delayed = {topics["rgb"], GROUND_TRUTH_TOPIC}
+    delayed = {topics["rgb"], GROUND_TRUTH_DEPTH_TOPIC, GROUND_TRUTH_TOPIC}
     with Writer(Path(path), version=9, storage_plugin=plugin) as writer:
         if image_encodings:
             writer.set_custom_data(IMAGE_ENCODINGS_KEY, json.dumps(dict(image_encodings), sort_keys=True))
@@ -378,6 +395,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "default sun; DELIVER: which conditions to take, default all")
     parser.add_argument("--failures", type=_names, default=(), help=f"comma-separated ({','.join(FAILURES)})")
     parser.add_argument("--lidar-beams", type=int, choices=(32, 64), default=32)
+    parser.add_argument("--depth-holes", action="store_true",
+                        help="synthetic: the depth camera loses far pixels and patches (data/depth_holes.py); "
+                             "the ground-truth depth keeps them")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--storage", choices=STORAGES, default="mcap")
@@ -406,7 +426,19 @@ def _synthetic_frames(args) -> tuple[Iterator, int]:
                               start_ns=SequenceConfig.start_ns + i * args.frames * period_ns)
                for i, condition in enumerate(conditions)]
     frames = (frame for config in configs for frame in generate_sequence(config))
+    if args.depth_holes:
+        frames = (_with_depth_holes(frame, np.random.default_rng([args.seed, k])) for k, frame in enumerate(frames))
     return frames, args.frames * len(configs)
+
+
+def _with_depth_holes(frame, rng: np.random.Generator):
+    """The frame as a depth camera with holes records it; its exact depth becomes the ground truth."""
+    from dataclasses import replace
+
+    from sam_mmseg_ros.data.depth_holes import depth_hole_mask
+
+    truth = frame.ground_truth_depth()
+    return replace(frame, depth=np.where(depth_hole_mask(truth, rng), np.float32(0.0), frame.depth), depth_true=truth)
 
 
 def _deliver_frames(args) -> tuple[Iterator, int]:

@@ -10,6 +10,8 @@ A sample is a dict:
     label           int64   [H, W]        class ids 0..C-1, IGNORE_LABEL (255) where unknown
     condition       str                   weather / lighting, for per-condition metrics
     case            str                   sensor-failure case ('normal' if none), where known
+    depth           float32 [H, W]        ground-truth metric depth along the optical axis, 0 where
+                                          unknown (sky); only datasets that have it, when asked
 
 so torch's default collate batches any of them and the trainer never needs to know which
 dataset it is reading.
@@ -24,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 
-class Sample(TypedDict):
+class Sample(TypedDict, total=False):
     images: torch.Tensor
     modality_mask: torch.Tensor
     label: torch.Tensor
     condition: str
+    depth: torch.Tensor
 
 
 def resize_label(label: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -38,6 +41,17 @@ def resize_label(label: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         # nearest-exact samples pixel centres, as pipeline.resize_nearest does for predictions.
         tensor = F.interpolate(tensor[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
     return tensor
+
+
+def resize_depth(depth_m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float [H, W] metres (0 or non-finite = unknown) -> float32 [h, w] with 0 = unknown, nearest
+    neighbour at pixel centres: every kept value is a real measurement and unknown pixels never
+    blend into known ones."""
+    from sam_mmseg_ros.pipeline import resize_nearest
+
+    depth = np.asarray(depth_m, np.float32)
+    depth = np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(0.0))
+    return np.ascontiguousarray(resize_nearest(depth, *size))
 
 
 def modality_dropout(mask: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor:

@@ -139,6 +139,11 @@ class SyntheticFrame:
     events: EventArray  # events since the previous frame
     condition: str
     failures: tuple[str, ...]
+    depth_true: np.ndarray | None = None  # ground truth where the depth camera's `depth` differs; None: exact
+
+    def ground_truth_depth(self) -> np.ndarray:
+        """float32 [H, W] metres along the optical axis, 0 = none (sky): the depth task's target."""
+        return self.depth if self.depth_true is None else self.depth_true
 
     def to_bundle(self) -> FrameBundle:
         """The frame as the node's assembler would hand it over, every modality present."""
@@ -887,20 +892,26 @@ class SyntheticDataset:
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_frames:
             raise IndexError(index)
-        if index not in self._cache:
-            if self.cache_dir is not None and self._cache_file(index).exists():
-                with np.load(self._cache_file(index), allow_pickle=False) as z:
-                    self._cache[index] = {k: z[k] for k in z.files}
-                    self._cache[index]["condition"] = str(self._cache[index]["condition"])
-            else:
-                self._render_sequence(index // self.frames_per_sequence)
+        cached = self.cache_dir is not None and self._cache_file(index).exists()
+        if index not in self._cache and not (cached and self._load_cached(index)):
+            self._render_sequence(index // self.frames_per_sequence)
         import torch  # only training needs it; generating scenes and bags does not
 
         sample = self._cache[index]
         return {"images": torch.from_numpy(sample["images"]),
                 "modality_mask": torch.from_numpy(sample["modality_mask"]),
                 "label": torch.from_numpy(sample["label"].astype(np.int64)),
+                "depth": torch.from_numpy(sample["depth"]),
                 "condition": sample["condition"]}
+
+    def _load_cached(self, index: int) -> bool:
+        """Read a cached sample; False for a file written before samples had depth."""
+        with np.load(self._cache_file(index), allow_pickle=False) as z:
+            if "depth" not in z.files:
+                return False
+            self._cache[index] = {k: z[k] for k in z.files}
+        self._cache[index]["condition"] = str(self._cache[index]["condition"])
+        return True
 
     def _render_sequence(self, sequence: int):
         condition = self.conditions[sequence % len(self.conditions)]
@@ -915,6 +926,7 @@ class SyntheticDataset:
             sample = {"images": np.asarray(encoded.model_input.images[0], np.float32),
                       "modality_mask": np.asarray(encoded.model_input.modality_mask[0], np.float32),
                       "label": resize_nearest(frame.labels, *self.size),
+                      "depth": resize_nearest(frame.ground_truth_depth(), *self.size),  # metres, 0 = sky
                       "condition": condition}
             self._cache[first + offset] = sample
             if self.cache_dir is not None:

@@ -1,8 +1,9 @@
 """TensorRT engine cache (DESIGN.md §3): which engine file belongs to which ONNX model on which
 GPU, and whether a file on disk may be loaded.
 
-An engine is only valid for the exact ONNX graph, TensorRT version, GPU model and compute
-capability, and precision it was built for; anything else either fails to deserialize or,
+An engine is only valid for the exact ONNX graph, TensorRT version, GPU model (name, compute
+capability, SM count and memory: every Jetson Orin module reports "Orin", sm 8.7, from the 8 GB
+Nano to the 64 GB AGX) and precision it was built for; anything else either fails to deserialize or,
 worse, runs a stale model. So every engine gets a sidecar `<engine>.json` holding its key and
 the engine file's own sha256. A lookup loads an engine only when both match, a mismatch says
 which fields differ, and a valid engine is found again after a restart without a rebuild.
@@ -56,6 +57,8 @@ class EngineKey:
     gpu_name: str
     compute_capability: tuple[int, int]
     precision: str
+    sm_count: int | None = None  # None only in records written before it was part of the key
+    total_memory_gib: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -70,6 +73,8 @@ class EngineKey:
             gpu_name=str(data["gpu_name"]),
             compute_capability=tuple(int(v) for v in data["compute_capability"]),
             precision=str(data["precision"]),
+            sm_count=data.get("sm_count"),
+            total_memory_gib=data.get("total_memory_gib"),
         )
 
     def digest(self) -> str:
@@ -101,11 +106,12 @@ def default_engine_path(cache_dir: str | os.PathLike, onnx_path: str | os.PathLi
     return Path(cache_dir) / "engines" / name
 
 
-def timing_cache_path(cache_dir: str | os.PathLike, tensorrt_version: str, gpu_name: str,
-                      compute_capability: tuple[int, int]) -> Path:
-    """Timing caches are only reusable on the same TensorRT version and GPU model."""
-    major, minor = compute_capability
-    return Path(cache_dir) / "timing" / f"{_slug(gpu_name)}-sm{major}{minor}-trt{_slug(tensorrt_version)}.cache"
+def timing_cache_path(cache_dir: str | os.PathLike, key: EngineKey) -> Path:
+    """Timing caches are only reusable on the same TensorRT version and GPU model (SM count
+    included: tactic timings of a 16-SM Orin do not hold for an 8-SM one)."""
+    major, minor = key.compute_capability
+    return Path(cache_dir) / "timing" / (f"{_slug(key.gpu_name)}-sm{major}{minor}-{key.sm_count}sms"
+                                         f"-trt{_slug(key.tensorrt_version)}.cache")
 
 
 @dataclass(frozen=True)

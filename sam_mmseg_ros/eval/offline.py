@@ -6,6 +6,11 @@ postprocess), configured from the node's parameter file, so the labels are the o
 publishes for the same bag (`eval --live` checks exactly that). Each modality subset runs the
 same assembled frame with the other modalities removed, as when those sensors fail on the
 vehicle. Everything is deterministic: the clock is the bag's record time.
+
+A model with the depth task is also scored on the bag's ground-truth depth (AbsRel, RMSE, delta1
+per subset and condition), and on the pixels where the depth image had no value: how well the
+model fills the sensor's holes (subsets without the depth sensor show the same pixels predicted
+without it, for comparison).
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import numpy as np
 
 from sam_mmseg_ros.contracts import (
     CONDITION_TOPIC,
+    GROUND_TRUTH_DEPTH_TOPIC,
     GROUND_TRUTH_TOPIC,
     IMAGENET_MEAN,
     IMAGENET_STD,
     MODALITIES,
+    FrameBundle,
     InputError,
 )
 from sam_mmseg_ros.data.bag_reader import BagReport
@@ -29,6 +36,7 @@ from sam_mmseg_ros.decoders.common import stamp_to_ns
 from sam_mmseg_ros.decoders.image import image_to_numpy
 from sam_mmseg_ros.eval.results import FULL, MOSAIC_FRAMES, SUBSETS, EvalResult, backend_info, mosaic_tile
 from sam_mmseg_ros.ingest import model_source
+from sam_mmseg_ros.sensors.depth import DEPTH_ENCODINGS, depth_to_metres, resize_depth_nearest
 from sam_mmseg_ros.sensors.encodings import DELIVER_FILES_PROVIDE, check_encodings, resolve
 
 log = logging.getLogger(__name__)
@@ -44,27 +52,40 @@ def count_messages(path: str | Path, topic: str) -> int:
     return message_counts(path)[topic]
 
 
-def _ground_truth(msg, path, stamp_ns: int, damage: BagReport) -> np.ndarray | None:
-    """The labels of a ground-truth message, or None (recorded in `damage`) when they cannot be
-    decoded: one bad message costs one frame's score, not the run."""
+def _ground_truth(msg, path, stamp_ns: int, damage: BagReport, topic: str = GROUND_TRUTH_TOPIC) -> np.ndarray | None:
+    """The labels (uint8) or depth (float32 metres) of a ground-truth message, or None (recorded in
+    `damage`) when they cannot be decoded: one bad message costs one frame's score, not the run."""
     try:
-        return np.array(image_to_numpy(msg).array, np.uint8)
+        return np.array(image_to_numpy(msg).array, np.float32 if topic == GROUND_TRUTH_DEPTH_TOPIC else np.uint8)
     except InputError as exc:
-        damage.add(str(path), f"record time {stamp_ns}", GROUND_TRUTH_TOPIC, "undecodable ground truth", str(exc))
+        damage.add(str(path), f"record time {stamp_ns}", topic, "undecodable ground truth", str(exc))
         return None
 
 
-def read_ground_truth(path: str | Path) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Ground-truth labels by camera stamp and conditions by record time, read from the bag."""
+def read_ground_truth(path: str | Path) -> tuple[dict[int, np.ndarray], dict[int, str], dict[int, np.ndarray]]:
+    """Ground-truth labels by camera stamp, conditions by record time and ground-truth depth by
+    camera stamp (empty for a bag without it), read from the bag."""
     from sam_mmseg_ros.data.bags import read_bag
 
-    truth, condition, damage = {}, {}, BagReport()
-    for topic, stamp_ns, _msgtype, msg in read_bag(path, [GROUND_TRUTH_TOPIC, CONDITION_TOPIC], damage):
+    truth, condition, depth, damage = {}, {}, {}, BagReport()
+    for topic, stamp_ns, _msgtype, msg in read_bag(path, [GROUND_TRUTH_TOPIC, CONDITION_TOPIC, GROUND_TRUTH_DEPTH_TOPIC],
+                                                   damage):
         if topic == CONDITION_TOPIC:
             condition[stamp_ns] = str(msg.data)
-        elif (labels := _ground_truth(msg, path, stamp_ns, damage)) is not None:
-            truth[stamp_to_ns(msg.header.stamp)] = labels
-    return truth, condition
+        elif (image := _ground_truth(msg, path, stamp_ns, damage, topic)) is not None:
+            (depth if topic == GROUND_TRUTH_DEPTH_TOPIC else truth)[stamp_to_ns(msg.header.stamp)] = image
+    return truth, condition, depth
+
+
+def depth_sensor_holes(bundle: FrameBundle, shape: tuple[int, int]) -> np.ndarray | None:
+    """Where the frame's depth image has no value, at camera resolution `shape`; None when the
+    frame has no metric depth image (depth absent, or an encoded one such as DELIVER's HHA)."""
+    if bundle.depth is None or bundle.depth.encoding not in DEPTH_ENCODINGS:
+        return None
+    metres = depth_to_metres(bundle.depth)
+    if metres.shape != tuple(shape):
+        metres = resize_depth_nearest(metres, shape)
+    return ~np.isfinite(metres)
 
 
 def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = None, overrides: dict | None = None,
@@ -121,15 +142,19 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
     total = result.camera_frames if max_frames is None else min(max_frames, result.camera_frames)
     mosaic_every = max(1, total // MOSAIC_FRAMES)
     truth: dict[int, np.ndarray] = {}
+    truth_depth: dict[int, np.ndarray] = {}
     condition: dict[int, str] = {}
-    pending: dict[int, tuple[dict[str, np.ndarray], np.ndarray | None, str | None]] = {}
+    pending: dict[int, tuple] = {}
     bar = tqdm(total=total, desc=f"eval {len(subsets)} subsets", unit="frame", disable=not progress)
     damage = BagReport()  # damaged messages are skipped, counted and listed in the report's notes
-    for topic, stamp_ns, _msgtype, msg in read_bag(path, [*kinds, GROUND_TRUTH_TOPIC, CONDITION_TOPIC], damage,
-                                                   store=store):
+    for topic, stamp_ns, _msgtype, msg in read_bag(path, [*kinds, GROUND_TRUTH_TOPIC, GROUND_TRUTH_DEPTH_TOPIC,
+                                                          CONDITION_TOPIC], damage, store=store):
         if topic == GROUND_TRUTH_TOPIC:
-            if (labels := _ground_truth(msg, path, stamp_ns, damage)) is not None:
+            if (labels := _ground_truth(msg, path, stamp_ns, damage, topic)) is not None:
                 truth[stamp_to_ns(msg.header.stamp)] = labels
+        elif topic == GROUND_TRUTH_DEPTH_TOPIC:
+            if (depth := _ground_truth(msg, path, stamp_ns, damage, topic)) is not None:
+                truth_depth[stamp_to_ns(msg.header.stamp)] = depth
         elif topic == CONDITION_TOPIC:
             condition[stamp_ns] = str(msg.data)
         elif topic in kinds:
@@ -139,24 +164,27 @@ def evaluate_bag(path: str | Path, backend, params_file: str | Path | None = Non
                 continue
             assemble_ms = (time.perf_counter() - t0) * 1e3
             full = node.segment(bundle, stamp_ns)
-            labels = {name: full.labels if name == FULL else node.pipeline.labels_with_only(keep)
-                      for name, keep in subsets.items()}
+            outputs = {name: (full.labels, full.depth) if name == FULL else node.pipeline.outputs_with_only(keep)
+                       for name, keep in subsets.items()}
             result.timings_ms["assemble"].append(assemble_ms)
             for stage, ms in full.timings_ms.items():
                 result.timings_ms[stage].append(ms)
             result.record_health(bundle.stamp_ns, {m: (h.state, h.router_weight) for m, h in full.health.items()})
-            pending[bundle.stamp_ns] = (labels, full.rgb, full.domain)
+            holes = depth_sensor_holes(bundle, full.labels.shape) if full.depth is not None else None
+            pending[bundle.stamp_ns] = (outputs, full.rgb, holes, full.domain)
         for stamp in [s for s in pending if s in truth]:
-            labels, rgb, domain = pending.pop(stamp)
-            gt = truth.pop(stamp)
+            outputs, rgb, holes, domain = pending.pop(stamp)
+            gt, gt_depth = truth.pop(stamp), truth_depth.pop(stamp, None)
             cond = condition.get(stamp, "unknown")
             result.record_domain(cond, domain)
-            for name, pred in labels.items():
+            for name, (pred, depth) in outputs.items():
                 result.add(name, cond, pred, gt)
+                if depth is not None and gt_depth is not None:
+                    result.add_depth(name, cond, depth, gt_depth, holes)
             if keep_labels:
-                result.labels[stamp] = labels[FULL]
+                result.labels[stamp] = outputs[FULL][0]
             if result.frames % mosaic_every == 0 and len(result.mosaic) < MOSAIC_FRAMES and rgb is not None:
-                result.mosaic.append(mosaic_tile(rgb, labels[FULL], gt))
+                result.mosaic.append(mosaic_tile(rgb, outputs[FULL][0], gt))
                 result.mosaic_titles.append(f"{cond}, frame {result.frames}")
             result.frames += 1
             bar.update(1)
@@ -200,7 +228,8 @@ def evaluate_deliver(root: str | Path, backend, split: str = "test", subsets: di
                      cases: tuple[str, ...] | None = None) -> EvalResult:
     """A DELIVER folder, encoded by the node's own `sensors.preprocess` in the model's encodings
     (DeliverDataset; a model whose encodings DELIVER's files cannot give is refused), then the
-    node's model stage; scored per condition and per sensor-failure case."""
+    node's model stage; scored per condition and per sensor-failure case. A depth model is scored
+    on DELIVER's metric depth too, when the folder has it (at the model's resolution)."""
     from tqdm import tqdm
 
     from sam_mmseg_ros.data.deliver import DeliverDataset
@@ -208,7 +237,8 @@ def evaluate_deliver(root: str | Path, backend, split: str = "test", subsets: di
     size = tuple(int(v) for v in backend.input_shape[-2:])
     encodings = resolve(backend.metadata.get("encodings"), model_source(backend))
     check_encodings(encodings, DELIVER_FILES_PROVIDE, model_source(backend), "a DELIVER folder")
-    dataset = DeliverDataset(root, split=split, size=size, cases=cases, encodings=encodings)
+    with_depth = "depth" in getattr(backend, "output_names", ()) and (Path(root) / "depth").is_dir()
+    dataset = DeliverDataset(root, split=split, size=size, cases=cases, encodings=encodings, depth_target=with_depth)
     result = EvalResult(source=str(root), mode="DELIVER", model=backend_info(backend))
     result.latency_note = "model only (DELIVER frames are read from files)"
     count = len(dataset) if max_frames is None else min(max_frames, len(dataset))
@@ -234,6 +264,8 @@ def evaluate_deliver(root: str | Path, backend, split: str = "test", subsets: di
                     result.mosaic.append(mosaic_tile(_denormalize(images[0, 0]), pred, gt))
                     result.mosaic_titles.append(f"{sample['condition']}, frame {i}")
             result.add(name, sample["condition"], pred, gt, sample["case"])
+            if with_depth:
+                result.add_depth(name, sample["condition"], out["depth"][0], sample["depth"].numpy())
         unknown_frames += bool(sample["unknown_labels"])
     result.frames = result.camera_frames = count
     if unknown_frames:

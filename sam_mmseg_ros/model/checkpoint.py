@@ -5,7 +5,7 @@ A checkpoint is data from outside, so nothing in it is trusted:
   code the file names; our files therefore hold only plain types (the config as a dict,
   tensors, numbers, strings). A refusal says what the file tried to load and never suggests
   the unsafe way;
-- the archive's declared sizes are bounded before torch reads it (MAX_CHECKPOINT_BYTES);
+- the archive's declared sizes are bounded before torch reads it (safe_load.MAX_CHECKPOINT_BYTES);
 - the stored config is checked against the registry's limits before anything is built
   (`config_from_untrusted`), so an absurd config (embed_dim 8192, depth 64: ~200 GB) is refused
   at once instead of swapping the machine to death; the tensors are then checked against the
@@ -19,31 +19,22 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import zipfile
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from sam_mmseg_ros.contracts import BadFileError
 from sam_mmseg_ros.model.config import config_from_untrusted
 from sam_mmseg_ros.model.image_encoder import adapt_encoder_state_dict
+from sam_mmseg_ros.model.safe_load import CheckpointError, load_strict, read_untrusted, require_tensors
 from sam_mmseg_ros.model.sam_moe import MoELoRASAM
 
 LOG = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "synthetic_tiny.pt"
-_LISTED = 5  # keys named per category in an error message
-MAX_CHECKPOINT_BYTES = 4 << 30
-"""Largest archive content read: official ViT-H SAM is 2.56 GB, ours with it adds experts, heads
-and optimizer state for them. Bigger declared sizes are refused before torch allocates them."""
-
-
-class CheckpointError(BadFileError):
-    """A checkpoint that cannot be used; the message names the file and what is wrong."""
+MULTITASK_CHECKPOINT = DEFAULT_CHECKPOINT.with_name("synthetic_tiny_talora.pt")
+"""The shipped multi-task model (semantic labels and metric depth, TA-LoRA adapters): run it with
+`checkpoint:=<this path>`; docs/RESULTS.md says how it was trained and how it scores."""
 
 
 def default_checkpoint_path() -> Path | None:
@@ -69,96 +60,11 @@ def save_checkpoint(path: str | os.PathLike, model: MoELoRASAM, **extra) -> Path
     return path
 
 
-def _read(path_or_state, map_location) -> dict:
-    if isinstance(path_or_state, dict):
-        return path_or_state
-    path = Path(path_or_state)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    _check_archive(path)
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # `from None`: torch's own message advises re-running with weights_only=False.
-        raise CheckpointError(
-            f"{path} was refused: it holds pickled code or objects, not only tensors and plain data "
-            f"({_refusal_detail(exc)}). Nothing in it was run. sam_mmseg_ros checkpoints and official SAM "
-            "files hold only tensors and plain data, so this file is neither or was altered: do not load it "
-            "any other way.") from None
-    except Exception as exc:  # noqa: BLE001 - torch's parser of hostile bytes raises anything
-        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or damaged): "
-                              f"{type(exc).__name__}: {_safe_text(exc)}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} holds a {type(data).__name__}, expected a dict of weights")
-    return data
-
-
-def _check_archive(path: Path) -> None:
-    """torch.save writes a zip archive: its declared sizes bound what loading allocates, so they
-    are checked before torch reads a byte of it."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            declared = sum(info.file_size for info in archive.infolist())
-    except Exception as exc:  # noqa: BLE001 - zipfile on outside bytes: BadZipFile, NotImplementedError...
-        raise CheckpointError(f"{path} is not a torch checkpoint archive (truncated, damaged, or written by "
-                              f"torch older than 1.6): {type(exc).__name__}: {str(exc)[:200]}") from None
-    if declared > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path} declares {declared / 2**30:.1f} GiB of content, more than the "
-                              f"{MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB any supported model needs")
-
-
-def _refusal_detail(exc: Exception) -> str:
-    """What torch's weights-only unpickler refused (e.g. 'unsupported GLOBAL posix.system'),
-    without its advice to load the file unsafely."""
-    kept = [p.strip() for p in str(exc).split("\n\n") if p.strip() and "weights_only" not in p
-            and not p.strip().startswith(("Weights only load failed", "Check the documentation"))]
-    return "; ".join(kept)[:300] or "unsupported pickle content"
-
-
-def _safe_text(exc: Exception) -> str:
-    text = str(exc)
-    return _refusal_detail(exc) if "weights_only" in text else text[:300]
-
-
-def _describe(what: str, keys: list[str]) -> str:
-    shown = ", ".join(keys[:_LISTED]) + (", ..." if len(keys) > _LISTED else "")
-    return f"{len(keys)} {what} ({shown})"
-
-
-def _require_tensors(state: Mapping, source: str) -> None:
-    not_tensors = sorted(str(k)[:80] for k, v in state.items() if not isinstance(v, torch.Tensor)
-                         or v.layout != torch.strided or v.is_quantized)
-    if not_tensors:
-        raise CheckpointError(f"{source}: {_describe('entries that are not dense tensors', not_tensors)}")
-
-
-def _load_strict(module: nn.Module, state: Mapping, source: str,
-                 may_be_missing: Callable[[str], bool] = lambda key: False) -> None:
-    """Load `state` into `module`: every key of the module (but those `may_be_missing`) must be
-    present as a dense tensor of the same shape and kind (float or not), and no unknown key may
-    appear."""
-    _require_tensors(state, source)
-    own = module.state_dict()
-    missing = sorted(k for k in own if k not in state and not may_be_missing(k))
-    unexpected = sorted(str(k)[:80] for k in state if k not in own)
-    mismatched = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                        for k in state if k in own and state[k].shape != own[k].shape)
-    retyped = sorted(f"{k} {state[k].dtype} vs {own[k].dtype}" for k in state if k in own
-                     and state[k].dtype != own[k].dtype
-                     and not (state[k].is_floating_point() and own[k].is_floating_point()))
-    problems = [_describe(what, keys) for what, keys in
-                (("missing", missing), ("unexpected", unexpected), ("with another shape", mismatched),
-                 ("with another type", retyped)) if keys]
-    if problems:
-        raise CheckpointError(f"{source} does not fit {type(module).__name__}: " + "; ".join(problems))
-    module.load_state_dict(state, strict=False)
-
-
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[MoELoRASAM, dict]:
     """Rebuild the model a checkpoint describes and load its weights; returns (model, extras).
 
     The config is checked before the model is built, every tensor before it is loaded."""
-    data = _read(path, map_location)
+    data = read_untrusted(path, map_location)
     if "config" not in data or "state_dict" not in data:
         keys = ", ".join(sorted(map(str, data))[:8])
         raise CheckpointError(f"{path} is not a sam_mmseg_ros checkpoint (keys: {keys}); "
@@ -173,9 +79,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     state = data["state_dict"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: state_dict is a {type(state).__name__}, not a dict of tensors")
-    _require_tensors(state, str(path))  # before building: a model of up to ViT-H size takes a while
+    require_tensors(state, str(path))  # before building: a model of up to ViT-H size takes a while
     model = MoELoRASAM(config)
-    _load_strict(model, state, str(path))
+    load_strict(model, state, str(path))
     extra = {k: v for k, v in data.items() if k not in ("config", "state_dict", "format_version")}
     return model.eval(), extra
 
@@ -183,27 +89,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def load_sam_weights(model: MoELoRASAM, path_or_state_dict: str | os.PathLike | dict) -> list[str]:
     """Load an official SAM checkpoint (`image_encoder.*`, optionally `mask_decoder.*` and
     `prompt_encoder.*`) into `model`, resizing position embeddings to the model's input size.
+    An official SAM2 checkpoint (Hiera: `image_encoder.trunk.*`) goes to
+    `sam2_weights.load_sam2_weights`.
 
     The encoder must load completely. SAM's decoder parts load when their shapes fit this
     model's decoder (out_chans 256, SAM's decoder dims) and are skipped otherwise. Returns the
     model keys that were loaded. LoRA experts, class tokens, router and aux head keep their init.
     """
+    from sam_mmseg_ros.model.sam2_weights import is_sam2_state, load_sam2_weights
+
     source = "SAM weights" if isinstance(path_or_state_dict, dict) else str(path_or_state_dict)
-    state = _read(path_or_state_dict, "cpu")
-    state = state.get("model", state)  # some re-distributions wrap the weights
+    state = read_untrusted(path_or_state_dict, "cpu")
+    state = state.get("model", state)  # Meta's SAM2 files (and some SAM re-distributions) wrap the weights
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise CheckpointError(f"{source} is not a state dict (tensors by name)")
+    if is_sam2_state(state) or model.config.backbone == "hiera":
+        return load_sam2_weights(model, state, source).loaded
     encoder_state = {k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")}
     if not encoder_state:
         raise CheckpointError(f"{source} has no image_encoder.* weights; it is not a SAM checkpoint "
                               f"(first keys: {sorted(state)[:5]})")
     encoder = model.image_encoder
-    _require_tensors(state, source)
+    require_tensors(state, source)
     try:
         encoder_state = adapt_encoder_state_dict(encoder_state, encoder)
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{source}: position embeddings cannot be resized to this model: {exc}") from None
-    _load_strict(encoder, encoder_state, source, may_be_missing=lambda key: ".lora_" in key)
+    load_strict(encoder, encoder_state, source, may_be_missing=lambda key: ".lora_" in key)
     loaded = [f"image_encoder.{k}" for k in encoder_state]
 
     own = model.state_dict()
@@ -219,3 +131,23 @@ def load_sam_weights(model: MoELoRASAM, path_or_state_dict: str | os.PathLike | 
         LOG.info("%s: SAM's decoder does not fit this model's decoder (out_chans %d); it keeps its init",
                  source, model.config.out_chans)
     return loaded
+
+
+def init_from_checkpoint(path: str | os.PathLike, **overrides) -> MoELoRASAM:
+    """A model that extends the one a checkpoint holds (its config with `overrides`, e.g.
+    task-aware adapters and the depth task), started from the checkpoint's weights.
+
+    Every stored tensor must fit the new model. The parts the stored model does not have keep
+    their init (task cores at zero, so every task starts from the stored experts' features), except
+    that a new depth decoder starts as a copy of the stored semantic decoder wherever the shapes
+    agree (TA-LoRA starts every task's decoder from SAM's); its output token keeps its init."""
+    stored, _ = load_checkpoint(path)
+    model = MoELoRASAM(stored.config.with_overrides(**overrides))
+    state = stored.state_dict()
+    added = set(model.state_dict()) - set(state)
+    if model.depth_decoder is not None and stored.depth_decoder is None:
+        own = model.state_dict()
+        state.update({f"depth_{key}": value for key, value in stored.state_dict().items()
+                      if key.startswith("decoder.") and own.get(f"depth_{key}", value[None]).shape == value.shape})
+    load_strict(model, state, str(path), may_be_missing=lambda key: key in added)
+    return model

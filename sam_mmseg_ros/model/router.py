@@ -17,6 +17,10 @@ _ABSENT_SCORE = -1.0e4
 gives zeros instead of NaN in an exported graph; small enough that exp() is exactly 0 next to
 a sigmoid score in [0, 1], in fp16 too."""
 
+_MIN_WEIGHT_SUM = 2.0**-14
+"""Floor of the renormalising sum: fp16's smallest normal number (1e-12 becomes 0 in fp16, and
+an all-absent row then gives 0/0 = NaN). Any row with a modality present sums to >= 1/M."""
+
 
 class ModalityRouter(nn.Module):
     def __init__(self, embed_dim: int, num_modalities: int, top_k: int | None = None) -> None:
@@ -41,4 +45,4 @@ class ModalityRouter(nn.Module):
         if self.top_k is not None and self.top_k < self.num_modalities:
             keep = torch.zeros_like(weights).scatter(1, weights.topk(self.top_k, dim=1).indices, 1.0)
             weights = weights * keep
-        return weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return weights / weights.sum(dim=1, keepdim=True).clamp_min(_MIN_WEIGHT_SUM)

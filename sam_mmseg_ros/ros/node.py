@@ -54,7 +54,8 @@ class SamMmsegNode(Node):
                     "color": self.create_publisher(Image, "~/output/color", reliable),
                     "overlay": self.create_publisher(Image, "~/output/overlay", reliable),
                     "painted_points": self.create_publisher(PointCloud2, "~/output/painted_points", reliable),
-                    "modality_health": self.create_publisher(DiagnosticArray, "~/output/modality_health", reliable)}
+                    "modality_health": self.create_publisher(DiagnosticArray, "~/output/modality_health", reliable),
+                    "depth": self.create_publisher(Image, "~/output/depth", reliable)}
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
         self._subscribe(settings)
 
@@ -203,6 +204,8 @@ class SamMmsegNode(Node):
             self.pub["overlay"].publish(numpy_to_image(out.overlay, "rgb8", header))
         if out.painted_points is not None:
             self.pub["painted_points"].publish(array_to_pointcloud2(out.painted_points, header))
+        if out.depth is not None:
+            self.pub["depth"].publish(numpy_to_image(out.depth, "32FC1", header))
         if out.modality_health is not None:
             enabled = self.core.settings.enabled
             statuses = [diag.modality_status(self.get_name(), out.modality_health[m], enabled[m])

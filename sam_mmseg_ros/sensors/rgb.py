@@ -163,9 +163,9 @@ def _normalize_pixels(pixels: np.ndarray, order: tuple[int, int, int], size: tup
         # Block-average by the largest integer factors that divide the image and keep it at
         # least as large as the target (this is the antialiasing), then bilinear the rest.
         fy, fx = _largest_divisor(H, max(1, H // h)), _largest_divisor(W, max(1, W // w))
-        rows, cols = _linear_taps(H // fy, h), _linear_taps(W // fx, w)
+        rows, cols = linear_taps(H // fy, h), linear_taps(W // fx, w)
         for c, plane in enumerate(_block_sum_planes(pixels, order, fy, fx)):
-            np.multiply(_bilinear(plane, rows, cols), np.float32(1.0 / (255.0 * fy * fx * _STD[c])),
+            np.multiply(bilinear(plane, rows, cols), np.float32(1.0 / (255.0 * fy * fx * _STD[c])),
                         out=out[c])
             np.subtract(out[c], np.float32(_MEAN[c] / _STD[c]), out=out[c])
     return out
@@ -226,8 +226,8 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, min(at_most, 16) + 1) if n % d == 0)
 
 
-def _bilinear(plane: np.ndarray, rows, cols) -> np.ndarray:
-    """Separable bilinear resample of a [H, W] plane with taps from `_linear_taps`."""
+def bilinear(plane: np.ndarray, rows, cols) -> np.ndarray:
+    """Separable bilinear resample of a [H, W] plane with taps from `linear_taps`."""
     r0, r1, wr = rows
     c0, c1, wc = cols
     src = plane.astype(np.float32)
@@ -240,7 +240,7 @@ def _bilinear(plane: np.ndarray, rows, cols) -> np.ndarray:
     return out
 
 
-def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source indices and weight for output pixel centres (align_corners=False, clamped)."""
     position = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
     lower = np.floor(position).astype(np.intp)
