@@ -163,6 +163,8 @@ def main() -> int:
     parser.add_argument("work", type=Path, help="folder for seeds and a failing mutant")
     parser.add_argument("--seconds", type=float, default=3.0, help="time per target")
     parser.add_argument("--iterations", type=int, default=400, help="at most this many mutants per target")
+    parser.add_argument("--min-iterations", type=int, default=0,
+                        help="at least this many mutants per target, however long they take (a loaded machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--headroom-mib", type=int, default=768,
                         help="address space allowed above what the process holds after set-up")
@@ -184,7 +186,8 @@ def main() -> int:
         seed_bytes = file.read_bytes()
         started, done, refused, skipped = time.monotonic(), 0, 0, 0
         try:
-            while done < args.iterations and time.monotonic() - started < args.seconds:
+            while done < args.min_iterations or (done < args.iterations
+                                                  and time.monotonic() - started < args.seconds):
                 mutant, how = mutate(seed_bytes, hot, rng)
                 file.write_bytes(mutant)
                 signal.alarm(ITERATION_TIMEOUT_S)

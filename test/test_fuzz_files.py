@@ -11,10 +11,11 @@ FUZZER = Path(__file__).with_name("fuzz_files.py")
 
 
 def test_mutated_bags_and_checkpoints_fail_only_with_the_packages_errors(tmp_path):
-    # 1.5 s a target in CI; `python test/fuzz_files.py DIR --seconds 600` hunts longer. The child
-    # runs under an address-space limit (768 MiB above its set-up) and a per-mutant alarm; the
+    # 1.5 s (and at least 10 mutants) a target in CI; `python test/fuzz_files.py DIR --seconds 600`
+    # hunts longer. The child runs under an address-space limit (768 MiB above its set-up) and a per-mutant alarm; the
     # timeout here catches a hang inside C code the alarm cannot interrupt.
-    done = subprocess.run([sys.executable, str(FUZZER), str(tmp_path), "--seconds", "1.5", "--seed", "0"],
+    done = subprocess.run([sys.executable, str(FUZZER), str(tmp_path), "--seconds", "1.5", "--min-iterations", "10",
+                           "--seed", "0"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if " mutants in " in line]
