@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+ROUTERS = ("sigmoid", "softmax", "spatial")
+"""Router kinds (model.router): sigmoid is MLE-SAM's pooled sigmoid gate."""
+FUSION_MEANS = ("plain", "learned", "none")
+"""Mean term of the fusion (model.fusion): plain is MLE-SAM's."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -27,6 +32,9 @@ class ModelConfig:
     num_classes: int = 25
     num_modalities: int = 4
     top_k: int | None = None
+    router: str = "sigmoid"  # model.router.ROUTERS: sigmoid (MLE-SAM), softmax, spatial
+    router_temperature: float = 1.0  # initial temperature of the softmax and spatial routers
+    fusion_mean: str = "plain"  # model.fusion.FUSION_MEANS: plain (MLE-SAM), learned, none
     decoder_depth: int = 2
     decoder_heads: int = 8
     decoder_mlp_dim: int = 2048
@@ -50,6 +58,12 @@ class ModelConfig:
             problems.append("lora_rank and num_modalities must be >= 1")
         if self.top_k is not None and not 1 <= self.top_k <= self.num_modalities:
             problems.append(f"top_k must be None or in [1, {self.num_modalities}]")
+        if self.router not in ROUTERS:
+            problems.append(f"router {self.router!r} is not one of {ROUTERS}")
+        if self.fusion_mean not in FUSION_MEANS:
+            problems.append(f"fusion_mean {self.fusion_mean!r} is not one of {FUSION_MEANS}")
+        if not self.router_temperature > 0:
+            problems.append("router_temperature must be positive")
         if problems:
             raise ValueError(f"invalid ModelConfig {self.name!r}: " + "; ".join(problems))
 

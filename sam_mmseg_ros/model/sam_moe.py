@@ -1,8 +1,8 @@
 """MoE-LoRA SAM: the whole model, from M modality images to per-pixel classes.
 
 images [B, M, 3, H, W] -> one batch of B*M through the frozen SAM encoder, sample (b, m) using
-LoRA expert m -> router weights from the pooled per-modality embeddings -> fused embedding
-(weighted sum + mean over present modalities) -> semantic mask decoder; the auxiliary head
+LoRA expert m -> router weights from the per-modality embeddings (pooled, or per token) -> fused embedding
+(weighted sum, plus the mean over present modalities unless the config removes it) -> semantic mask decoder; the auxiliary head
 reads intermediate blocks fused the same way. `forward` is the engine contract (DESIGN.md §3)
 so ONNX export needs no wrapper: argmax and max-softmax are part of the graph.
 """
@@ -16,7 +16,7 @@ from sam_mmseg_ros.model.config import ModelConfig
 from sam_mmseg_ros.model.fusion import ModalityFusion
 from sam_mmseg_ros.model.heads import AuxiliaryHead, SemanticMaskDecoder
 from sam_mmseg_ros.model.image_encoder import ImageEncoderViT
-from sam_mmseg_ros.model.router import ModalityRouter
+from sam_mmseg_ros.model.router import ModalityRouter, reported_weights
 
 
 class MoELoRASAM(nn.Module):
@@ -49,8 +49,9 @@ class MoELoRASAM(nn.Module):
             lora_rank=config.lora_rank,
             lora_alpha=config.lora_alpha,
         )
-        self.router = ModalityRouter(config.out_chans, config.num_modalities, config.top_k)
-        self.fusion = ModalityFusion()
+        self.router = ModalityRouter(config.out_chans, config.num_modalities, config.top_k, config.router,
+                                     config.router_temperature)
+        self.fusion = ModalityFusion(config.fusion_mean)
         self.decoder = SemanticMaskDecoder(
             config.out_chans, config.num_classes, config.decoder_depth, config.decoder_heads, config.decoder_mlp_dim
         )
@@ -85,8 +86,11 @@ class MoELoRASAM(nn.Module):
         b, m, _, h, w = images.shape
         fused, block_features, weights, mask = self._route(images, modality_mask)
         logits = self.decoder(fused, (h, w))
-        fused_blocks = [self.fusion(f.reshape(b, m, *f.shape[1:]), weights, mask) for f in block_features]
-        return {"logits": logits, "aux_logits": self.aux_head(fused_blocks, (h, w)), "router_weights": weights}
+        # Block features are channels-last [B*M, h, w, C] on the embedding's token grid.
+        fused_blocks = [self.fusion(f.reshape(b, m, *f.shape[1:]), weights, mask, channel_dim=-1)
+                        for f in block_features]
+        return {"logits": logits, "aux_logits": self.aux_head(fused_blocks, (h, w)),
+                "router_weights": reported_weights(weights)}
 
     def forward(self, images: torch.Tensor, modality_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Engine contract: {labels int32 [B, H, W], confidence float32 [B, H, W],
@@ -95,4 +99,5 @@ class MoELoRASAM(nn.Module):
         fused, _, weights, _ = self._route(images, modality_mask)
         logits = self.decoder(fused, (h, w))
         confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
-        return {"labels": labels.to(torch.int32), "confidence": confidence, "router_weights": weights.float()}
+        return {"labels": labels.to(torch.int32), "confidence": confidence,
+                "router_weights": reported_weights(weights).float()}
