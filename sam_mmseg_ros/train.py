@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from sam_mmseg_ros.contracts import IGNORE_LABEL, MODALITY_INDEX
-from sam_mmseg_ros.data.dataset import modality_dropout
+from sam_mmseg_ros.data.dataset import augment, modality_dropout
 from sam_mmseg_ros.model.losses import SegmentationLoss
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,10 @@ class TrainConfig:
     warmup_start: float = 0.1  # LR factor at step 0, rising linearly to 1 over warmup_steps
     poly_power: float = 0.9
     grad_clip: float = 1.0  # max gradient L2 norm; 0 disables
-    amp: str = "auto"  # CUDA only: auto (bf16 where supported, else fp16) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (CUDA: bf16 where supported, else fp16; CPU: off) | bf16 (CUDA or CPU) | fp16 (CUDA) | off
     modality_dropout: float = 0.0
+    augment: bool = False  # flips, random resized crops, colour jitter, blur (data.dataset.Augmentation)
+    class_balance: float = 0.0  # OHEM class weights frequency^-p over the training labels (0: none, 0.5: 1/sqrt)
     rgb_only: bool = False  # feed only the RGB slot (encoder pretraining)
     train_encoder: bool = False  # False: SAM encoder frozen, only experts, router and heads train
     train_experts: bool = True  # False keeps the LoRA experts at their init (encoder pretraining)
@@ -158,11 +160,34 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or config.amp == "off":
+    """The autocast dtype, or None for fp32. On the CPU only bf16 autocast exists (fast where the
+    CPU has AMX or AVX512-BF16), so `auto` stays fp32 there and says so, and fp16 is an error."""
+    if config.amp == "off":
         return None
+    if device.type == "cuda":
+        if config.amp == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
+    if config.amp == "fp16":
+        raise ValueError(f"--amp fp16 needs CUDA; on {device.type} use --amp bf16 or off")
     if config.amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
+        log.info("mixed precision off on %s (auto uses it on CUDA only; --amp bf16 turns on bf16 autocast)",
+                 device.type)
+        return None
+    return torch.bfloat16
+
+
+def _class_weights(dataset: Dataset, config: TrainConfig) -> torch.Tensor | None:
+    """OHEM class weights frequency^-class_balance from the training labels, scaled so that the
+    average labelled pixel weighs 1; classes that never occur get 0 (they have no pixels)."""
+    if config.class_balance <= 0:
+        return None
+    from sam_mmseg_ros.data.dataset import class_frequencies
+
+    freq = torch.as_tensor(class_frequencies(dataset, config.num_classes), dtype=torch.float64)
+    weights = torch.where(freq > 0, freq.clamp_min(1e-6) ** -config.class_balance, torch.zeros_like(freq))
+    weights = weights / (weights * freq).sum()
+    return weights.clamp_max(50.0).float()
 
 
 def _step_generator(config: TrainConfig, rank: int, step: int) -> torch.Generator:
@@ -190,16 +215,19 @@ def _batches(dataset: Dataset, config: TrainConfig, runtime: _Runtime, start_ste
 
 
 def _prepare_batch(batch: dict, config: TrainConfig, runtime: _Runtime, step: int):
-    images, mask = batch["images"], batch["modality_mask"]
+    images, mask, label = batch["images"], batch["modality_mask"], batch["label"]
+    generator = _step_generator(config, runtime.rank, step)
     if config.rgb_only:
         mask = torch.zeros_like(mask)
         mask[:, MODALITY_INDEX["rgb"]] = 1.0
     elif config.modality_dropout > 0:
-        mask = modality_dropout(mask, _step_generator(config, runtime.rank, step), config.modality_dropout)
+        mask = modality_dropout(mask, generator, config.modality_dropout)
+    if config.augment:
+        images, label = augment(images, mask, label, generator)
     images = images * mask[:, :, None, None, None]
     device = runtime.device
     return (images.to(device, non_blocking=True), mask.to(device, non_blocking=True),
-            batch["label"].to(device, non_blocking=True))
+            label.to(device, non_blocking=True))
 
 
 def _build_or_load(config: TrainConfig) -> tuple[nn.Module, dict]:
@@ -365,7 +393,10 @@ def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, r
         # skipped; so DDP need not search the graph for unused parameters.
         wrapped = DistributedDataParallel(
             wrapped, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    criterion = SegmentationLoss(aux_weight=config.aux_weight, thresh=config.ohem_thresh)
+    class_weights = _class_weights(dataset, config)
+    if class_weights is not None and runtime.is_main:
+        log.info("class-balanced OHEM, weights %s", [round(float(w), 2) for w in class_weights])
+    criterion = SegmentationLoss(aux_weight=config.aux_weight, thresh=config.ohem_thresh, class_weights=class_weights)
     trainable = [p for p in model.parameters() if p.requires_grad]
     metrics = (out_dir / METRICS_LOG).open("a") if runtime.is_main else None
     progress = tqdm(total=config.steps, initial=start_step, desc="train", dynamic_ncols=True,
@@ -532,7 +563,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="probability of dropping each modality in a sample (never all)")
     parser.add_argument("--train-encoder", action="store_true", default=None,
                         help="also train the SAM encoder (pretraining only)")
-    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="mixed precision on CUDA")
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
+                        help="mixed precision: auto = bf16/fp16 on CUDA, off on the CPU (said in the log); bf16 also "
+                             "works on the CPU (fast with AMX); fp16 needs CUDA")
+    parser.add_argument("--augment", action="store_true", default=None,
+                        help="flips, random resized crops, colour jitter and blur (RGB only for the last two)")
+    parser.add_argument("--class-balance", type=float, metavar="P",
+                        help="class-balanced OHEM: weight classes by training-label frequency^-P (0.5: 1/sqrt)")
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--num-workers", type=int, help="DataLoader worker processes")
     parser.add_argument("--seed", type=int)
@@ -545,8 +582,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 _CONFIG_ARGS = ("model", "img_size", "sam_checkpoint", "init_checkpoint", "steps", "batch_size", "lr",
-                "modality_dropout", "train_encoder", "amp", "checkpoint_every", "num_workers", "seed",
-                "device", "out_dir", "progress")
+                "modality_dropout", "train_encoder", "amp", "augment", "class_balance", "checkpoint_every",
+                "num_workers", "seed", "device", "out_dir", "progress")
 
 
 def _datasets(kind: str, args: argparse.Namespace, img_size: int, data: dict) -> tuple[Dataset, Dataset | None]:
@@ -562,9 +599,12 @@ def _datasets(kind: str, args: argparse.Namespace, img_size: int, data: dict) ->
         if not all(name in live_encodings(m) for m, name in encodings.items()):
             raise SystemExit(f"--encodings {args.encodings}: synthetic data is encoded from raw sensor data "
                              "(native or deliver)")
-        train_set = SyntheticDataset(seed=args.seed or 0, num_frames=train_frames, size=size, encodings=encodings)
-        val_set = SyntheticDataset(seed=(args.seed or 0) + 1_000_000, num_frames=val_frames, size=size,
-                                   encodings=encodings) if val_frames else None
+        # Other camera shapes, squeezed into the model input as the node squeezes them.
+        shapes = {"render_sizes": [tuple(s) for s in data.get("render_sizes", [size])],
+                  "frames_per_sequence": data.get("frames_per_sequence", 4), "encodings": encodings}
+        train_set = SyntheticDataset(seed=args.seed or 0, num_frames=train_frames, size=size, **shapes)
+        val_set = SyntheticDataset(seed=(args.seed or 0) + 1_000_000, num_frames=val_frames, size=size, **shapes) \
+            if val_frames else None
         return train_set, val_set
     from sam_mmseg_ros.data.deliver import DeliverDataset
 
