@@ -60,8 +60,9 @@ def lidar_outage(frames: int) -> range:
 
 def generate_bag(path: Path, frames: int, size: tuple[int, int], conditions: tuple[str, ...], seed: int):
     """`frames` camera frames split over `conditions`, one continuous 10 Hz timeline, with a LiDAR
-    outage (`lidar_outage`); returns the rig's T_camera_lidar (the node gets it as a parameter,
-    the same as on /tf_static)."""
+    outage (`lidar_outage`): the same street and vehicle (seed) under every condition, so the
+    conditions compare like with like. Returns the rig's T_camera_lidar (the node gets it as a
+    parameter, the same as on /tf_static)."""
     from tqdm import tqdm
 
     from sam_mmseg_ros.data.bags import write_bag
@@ -74,9 +75,9 @@ def generate_bag(path: Path, frames: int, size: tuple[int, int], conditions: tup
 
     def all_frames():
         start = SequenceConfig.start_ns
-        for i, (condition, count) in enumerate(zip(conditions, per_condition, strict=True)):
+        for condition, count in zip(conditions, per_condition, strict=True):
             config = SequenceConfig(width=width, height=height, num_frames=count, condition=condition,
-                                    seed=seed + i, start_ns=start)
+                                    seed=seed, rig_seed=seed, start_ns=start)
             for frame in generate_sequence(config):
                 extrinsic.append(frame.T_camera_lidar)
                 yield frame

@@ -151,6 +151,43 @@ class _LogitsForward(nn.Module):
         return self.model.forward_logits(images, modality_mask)
 
 
+class _RGBOnlyForward(nn.Module):
+    """Encoder pretraining on RGB alone (`rgb_only`) that encodes only the RGB slot: a quarter of
+    the full forward's cost with four modalities. Valid while the LoRA experts are untrained
+    zeros (`rgb_only_shortcut`): every expert is then the plain encoder, so an RGB image may run
+    in any expert's place of the batch. The fusion sees one present modality with weight 1,
+    exactly what the router gives RGB when it is alone, so the logits equal `forward_logits` with
+    only RGB present (test_train checks it)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, modality_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        model = self.model
+        b, m, _, h, w = images.shape
+        rgb = images[:, MODALITY_INDEX["rgb"]]
+        pad = (-b) % m  # the encoder groups its batch by modality
+        embedding, blocks = model.image_encoder(torch.cat([rgb, rgb[:pad]]) if pad else rgb)
+        ones = images.new_ones(b, 1)
+        fused = model.fusion(embedding[:b, None], ones, ones)
+        fused_blocks = [model.fusion(f[:b, None], ones, ones, channel_dim=-1) for f in blocks]
+        weights = torch.zeros_like(modality_mask)
+        weights[:, MODALITY_INDEX["rgb"]] = 1.0
+        return {"logits": model.decoder(fused, (h, w)), "aux_logits": model.aux_head(fused_blocks, (h, w)),
+                "router_weights": weights}
+
+
+def rgb_only_shortcut(model: nn.Module, config: TrainConfig) -> bool:
+    """Whether RGB-only training may use `_RGBOnlyForward`: a MoE-LoRA SAM whose experts stay
+    frozen at their zero initialisation."""
+    from sam_mmseg_ros.model.sam_moe import MoELoRASAM
+
+    if not (config.rgb_only and not config.train_experts and isinstance(model, MoELoRASAM)):
+        return False
+    return all(not p.any() for name, p in model.image_encoder.named_parameters() if "lora_b" in name)
+
+
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Linear warmup from `warmup_start`, then poly decay to 0 at `steps` (as CMNeXt/mmseg)."""
     if step < config.warmup_steps:
@@ -369,6 +406,9 @@ def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, r
     model.set_encoder_trainable(config.train_encoder)
     for p in model.image_encoder.lora_parameters():
         p.requires_grad_(config.train_experts)
+    shortcut = rgb_only_shortcut(model, config)
+    if shortcut:  # RGB alone always gets router weight 1: the router has nothing to learn
+        model.router.requires_grad_(False)
     model.to(runtime.device).train()
     if runtime.is_main:
         trainable, total = model.parameter_counts()
@@ -386,7 +426,7 @@ def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, r
         _restore_rng_states(state["rng"], runtime)
         start_step = int(state["step"])
         log.info("resumed from %s at step %d", config.resume, start_step)
-    wrapped: nn.Module = _LogitsForward(model)
+    wrapped: nn.Module = _RGBOnlyForward(model) if shortcut else _LogitsForward(model)
     if runtime.distributed:
         # Every trainable parameter takes part in every step, even with modalities dropped: the
         # experts are stacked per modality in one tensor and absent slots are masked, not

@@ -248,8 +248,9 @@ def test_night_is_dark_outside_the_lights_with_noisier_events(sun):
     sky = f.labels == 12
     assert f.luminance[sky].max() < 0.05  # cd/m2: moonless sky glow
     assert np.median(f.luminance[~sky]) < 1e-3 * np.median(sun[0].luminance[~sky])
-    assert (f.luminance < 0.1).mean() > 0.4  # most of the picture is beyond the lamps and the low beams
-    assert gray(f.rgb)[sky].mean() < 30
+    assert (f.luminance < 0.1).mean() > 0.25  # beyond the lamps and the low beams: a few photons at most
+    # There the 8-bit image is the sensor's noise floor (read noise and dark current at full gain).
+    assert np.median(gray(f.rgb)[sky]) < 45
     still = still_sky(sun)
     noise = lambda fr: still[fr.events.y, fr.events.x].sum()  # noqa: E731
     assert noise(night[2]) > 5 * noise(sun[2]) + 50
@@ -262,12 +263,12 @@ def test_low_beam_lights_the_near_road_and_cuts_off_above_the_horizon():
     assert above < 0.05 * hot
     behind = physics.headlamp_intensity(np.array([-5.0]), np.array([0.0]), np.array([-0.5]))[0]
     assert behind == 0.0
-    # Irradiance on a wall facing the car falls with distance squared.
-    points = np.array([[10.0, 0.0, 0.5], [40.0, 0.0, 1.0]])
+    # Irradiance on walls facing the car, in the same direction of the beam: inverse square.
+    points = np.array([[10.0, 0.0, 0.5], [40.0, 0.0, -0.1]])
     normals = np.array([[-1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
     e = physics.night_irradiance(points, normals, np.zeros((0, 3)), np.ones(3), np.array([0.0, 0.0, 0.7]),
                                  np.eye(3), 0.0)[:, 0]
-    assert 8 < e[0] / e[1] < 32
+    assert e[0] / e[1] == pytest.approx(16.0, rel=0.01)
 
 
 def test_streets_differ_in_layout_and_vehicle():
@@ -320,7 +321,7 @@ def test_curbs_raise_the_sidewalk_and_slopes_tilt_the_ground():
 def test_rain_drops_lidar_points_and_adds_events(sun):
     rain = frames(3, condition="rain", seed=3)
     assert len(rain[2].lidar) < 0.93 * len(sun[2].lidar)
-    near = lambda f: (np.linalg.norm(f.lidar.xyz, axis=1) < 3).sum()  # noqa: E731
+    near = lambda f: (np.linalg.norm(f.lidar.xyz, axis=1) < 2).sum()  # noqa: E731
     assert near(rain[2]) > near(sun[2]) + 30  # returns from drops
     sky = still_sky(sun)
     sky_events = lambda f: sky[f.events.y, f.events.x].sum()  # noqa: E731

@@ -292,7 +292,7 @@ class CameraSensor:
     min_exposure_s: float = 2e-5
     max_exposure_s: float = 0.04  # night: long exposures, and motion blur
     target: float = 0.15  # auto exposure: mean signal at this fraction of full scale
-    glare_fraction: float = 0.03  # light the lens scatters into its veiling-glare halo
+    glare_fraction: float = 0.015  # light the lens scatters into its veiling-glare halo
     bloom_fraction: float = 0.05
 
     def auto_exposure(self, luma: np.ndarray) -> tuple[float, float]:

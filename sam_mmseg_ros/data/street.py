@@ -394,8 +394,8 @@ def _add_frontage(sb: _Builder, rng: np.random.Generator, s: float, side: float)
     """One building (with its yard and the gap after it) or a stretch of park; returns the next s."""
     lay = sb.layout
     outer = lay.walk_outer
-    if _in_crossing(lay, s, side, 2.0):
-        return lay.crossing_s + lay.crossing_half_width + lay.sidewalk_width + 2.0
+    if _in_crossing(lay, s, side, 2.0):  # skip the side street's mouth (a little beyond: no rounding trap)
+        return lay.crossing_s + lay.crossing_half_width + lay.sidewalk_width + 2.5
     if rng.random() < lay.park_fraction:
         length = rng.uniform(20, 50)
         for ts in rng.uniform(s, s + length, int(length / rng.uniform(4, 9))):

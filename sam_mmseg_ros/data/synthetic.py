@@ -47,7 +47,7 @@ FAILURES: tuple[str, ...] = ("motion_blur", "overexposure", "underexposure", "li
 CAMERA_FRAME = "camera_optical_frame"
 LIDAR_FRAME = "lidar"
 _LIDAR_ELEVATION_DEG = {32: (2.0, -24.9), 64: (15.0, -25.0)}
-_LONG_EXPOSURE_S = 0.08  # the motion_blur failure: a fixed long exposure (an ND-filtered camera)
+_LONG_EXPOSURE_S = 0.15  # the motion_blur failure: a fixed long exposure (an ND-filtered camera)
 
 _NIR_REFLECTIVITY = np.full(len(CLASSES), 0.3, np.float32)
 for _name, _value in {"Road": 0.12, "RoadLine": 0.6, "SideWalk": 0.25, "Vegetation": 0.45, "Cars": 0.5,
@@ -351,7 +351,7 @@ class _Renderer:
         luma = render.radiance @ np.array([0.299, 0.587, 0.114], np.float32)
         exposure, gain = self.sensor.auto_exposure(luma)
         if "overexposure" in self.cfg.failures:
-            gain *= 5.0
+            gain *= 8.0
         if "underexposure" in self.cfg.failures:
             gain *= 0.08
         travel_time = max(exposure, _LONG_EXPOSURE_S) if "motion_blur" in self.cfg.failures else exposure
