@@ -529,15 +529,18 @@ PRESETS: dict[str, Preset] = {
     "synthetic-tiny": Preset(
         description="the model shipped with the package: tiny SAM-architecture encoder pretrained on "
                     "synthetic RGB (standing in for SAM's pretraining), then frozen while the MoE-LoRA "
-                    "experts, router and heads learn all modalities with modality dropout",
-        base={"model": "tiny", "img_size": 128, "batch_size": 8, "warmup_steps": 50},
+                    "experts, the per-token router and the heads learn all modalities with modality dropout; "
+                    "augmented, class-balanced OHEM, square and wide cameras squeezed into a 256x256 input",
+        base={"model": "tiny", "img_size": 256, "batch_size": 8, "warmup_steps": 50, "augment": True,
+              "class_balance": 0.5, "model_overrides": {"router": "spatial", "fusion_mean": "learned"}},
         stages=(
-            Stage("pretrain", {"steps": 800, "lr": 1e-3, "train_encoder": True, "train_experts": False,
+            Stage("pretrain", {"steps": 900, "lr": 1e-3, "train_encoder": True, "train_experts": False,
                                "rgb_only": True, "modality_dropout": 0.0}),
             Stage("experts", {"steps": 1000, "lr": 1e-3, "train_encoder": False, "train_experts": True,
                               "rgb_only": False, "modality_dropout": 0.3}),
         ),
-        dataset={"dataset": "synthetic", "train_frames": 1024, "val_frames": 64},
+        dataset={"dataset": "synthetic", "train_frames": 1536, "val_frames": 64, "frames_per_sequence": 4,
+                 "render_sizes": [[256, 256], [240, 320], [180, 320]]},
     ),
 }
 
@@ -592,6 +595,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "images, as in papers; a node can then only take ready HHA images)")
     parser.add_argument("--train-frames", type=int, help="synthetic: number of training frames")
     parser.add_argument("--val-frames", type=int, help="synthetic: number of validation frames (0: none)")
+    parser.add_argument("--data-cache", metavar="DIR",
+                        help="synthetic: keep the encoded frames in DIR (.npz), so later runs do not render again")
     parser.add_argument("--model", help="model config name: tiny, vit_b, vit_l, vit_h")
     parser.add_argument("--img-size", type=int, help="square model input size (multiple of 16)")
     parser.add_argument("--sam-checkpoint", help="official SAM checkpoint (.pth) for the image encoder")
@@ -641,7 +646,8 @@ def _datasets(kind: str, args: argparse.Namespace, img_size: int, data: dict) ->
                              "(native or deliver)")
         # Other camera shapes, squeezed into the model input as the node squeezes them.
         shapes = {"render_sizes": [tuple(s) for s in data.get("render_sizes", [size])],
-                  "frames_per_sequence": data.get("frames_per_sequence", 4), "encodings": encodings}
+                  "frames_per_sequence": data.get("frames_per_sequence", 4), "encodings": encodings,
+                  "cache_dir": getattr(args, "data_cache", None)}
         train_set = SyntheticDataset(seed=args.seed or 0, num_frames=train_frames, size=size, **shapes)
         val_set = SyntheticDataset(seed=(args.seed or 0) + 1_000_000, num_frames=val_frames, size=size, **shapes) \
             if val_frames else None
