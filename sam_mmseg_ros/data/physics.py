@@ -119,6 +119,7 @@ def draw_weather(condition: Condition, rng: np.random.Generator, visibility_m: f
 FOG_SAMPLES_M = np.array([0.0, 1, 2, 4, 7, 11, 16, 23, 32, 45, 64, 90, 128, 180, 256, 400])
 """Distances along a ray where the optical depth is integrated (trapezoids between them)."""
 FOG_LATTICE_M = 20.0
+FOG_EXTENT_M = 1000.0
 
 
 class FogMedium:
@@ -129,22 +130,24 @@ class FogMedium:
     def __init__(self, extinction: float, patchiness: float, seed: int):
         self.mean = float(extinction)
         self.patchiness = float(patchiness)
-        self.seed = seed
+        # The lattice's random values, drawn once for a square of FOG_EXTENT_M around the world
+        # origin (clamped beyond): far cheaper than hashing four corners at every sample.
+        cells = int(2 * FOG_EXTENT_M / FOG_LATTICE_M) + 2
+        ix, iy = np.meshgrid(np.arange(cells) - cells // 2, np.arange(cells) - cells // 2, indexing="ij")
+        self.lattice = hash01(ix, iy, np.zeros_like(ix), seed).astype(np.float64)
 
     def beta(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         if self.patchiness == 0.0:
             return np.full(np.shape(x), self.mean)
-        gx, gy = np.asarray(x) / FOG_LATTICE_M, np.asarray(y) / FOG_LATTICE_M
-        ix, iy = np.floor(gx), np.floor(gy)
+        half = self.lattice.shape[0] // 2
+        limit = self.lattice.shape[0] - 1.001
+        gx = np.clip(np.asarray(x) / FOG_LATTICE_M + half, 0.0, limit)
+        gy = np.clip(np.asarray(y) / FOG_LATTICE_M + half, 0.0, limit)
+        ix, iy = gx.astype(np.intp), gy.astype(np.intp)
         fx, fy = gx - ix, gy - iy
         fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
-        zero = np.zeros_like(ix)
-
-        def corner(dx, dy):
-            return hash01(ix + dx, iy + dy, zero, self.seed).astype(np.float64)
-
-        noise = (corner(0, 0) * (1 - fx) + corner(1, 0) * fx) * (1 - fy) + (
-            corner(0, 1) * (1 - fx) + corner(1, 1) * fx) * fy
+        v = self.lattice
+        noise = (v[ix, iy] * (1 - fx) + v[ix + 1, iy] * fx) * (1 - fy) + (v[ix, iy + 1] * (1 - fx) + v[ix + 1, iy + 1] * fx) * fy
         return self.mean * np.maximum(1.0 + 2.0 * self.patchiness * (noise - 0.5) * 1.6, 0.1)
 
     def optical_depth_table(self, origin: np.ndarray, unit_dirs: np.ndarray) -> np.ndarray:

@@ -355,7 +355,7 @@ class _Renderer:
         if "underexposure" in self.cfg.failures:
             gain *= 0.08
         travel_time = max(exposure, _LONG_EXPOSURE_S) if "motion_blur" in self.cfg.failures else exposure
-        origin, R_wo = self.camera_pose(t)
+        _, R_wo = self.camera_pose(t)
         _, R_we = self.ego_pose(t)
         forward = R_wo.T @ R_we[:, 0]
         focus = None
@@ -442,7 +442,14 @@ class _Renderer:
         dist = np.where(surface, hits.t, np.inf)
         cos_inc = np.abs(np.einsum("ij,ij->i", hits.normal, dirs))
         fogged = self.fog.mean > 1e-3
-        tau = self.fog.optical_depth(self.fog.optical_depth_table(origin, dirs), dist) if fogged else np.zeros_like(dist)
+        tau = np.zeros_like(dist)
+        if fogged:  # the fog varies only horizontally: integrate once per azimuth, scale per beam
+            horizontal = np.hypot(dirs[:, 0], dirs[:, 1])
+            azimuths = dirs[:cols] / horizontal[:cols, None]
+            azimuths[:, 2] = 0.0
+            column = np.tile(np.arange(cols), cfg.lidar_beams)
+            tau = self.fog.optical_depth(self.fog.optical_depth_table(origin, azimuths), dist * horizontal,
+                                         column) / horizontal
         beta_near = float(self.fog.beta(origin[0], origin[1])) if fogged else 0.0
         detected, fog_hit, fog_range, power = physics.lidar_returns(dist, _NIR_REFLECTIVITY[label], cos_inc, tau,
                                                                     beta_near, rng)
