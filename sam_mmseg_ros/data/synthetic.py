@@ -617,7 +617,8 @@ class SyntheticDataset:
     def sequence_config(self, sequence: int) -> SequenceConfig:
         """The SequenceConfig that renders sequence number `sequence` of this dataset."""
         first = sequence * self.frames_per_sequence
-        h, w = self.render_sizes[sequence % len(self.render_sizes)]
+        # Shapes take turns over whole rounds of conditions, so every condition gets every shape.
+        h, w = self.render_sizes[(sequence // len(self.conditions)) % len(self.render_sizes)]
         return replace(self.base, width=w, height=h, num_frames=min(self.frames_per_sequence, self.num_frames - first),
                        condition=self.conditions[sequence % len(self.conditions)], failures=self.failures,
                        seed=self.seed * 100_003 + sequence)
