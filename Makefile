@@ -21,6 +21,12 @@ $(VENV)/.installed: setup.py
 	# TensorRT 10 API as .pyi files, to check the TensorRT backend against; --no-deps because the
 	# stubs depend on tensorrt itself, whose wheels need a vendor index.
 	$(PIP) install -q --no-deps tensorrt-stubs
+	# Meta's SAM2 modeling code, the reference of the SAM2 parity tests (sam2 1.1.0 on PyPI has
+	# modeling/ and configs/ byte-identical to facebookresearch/sam2). --no-deps: its requirements
+	# (torchvision, hydra-core) would replace the CPU torch with a CUDA build; the tests import
+	# its modeling modules, which need only torch and iopath (in the test extra). It is an sdist
+	# whose setup.py imports torch: no build isolation, and no CUDA extension.
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-deps --no-build-isolation sam2==1.1.0
 	touch $@
 
 lint: env

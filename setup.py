@@ -28,6 +28,7 @@ setup(
         "rosbags>=0.10",
         "tqdm",
         "pillow",
+        "opencv-python-headless",
         "matplotlib",
         "pyyaml",
     ],
@@ -36,6 +37,7 @@ setup(
             "pytest",
             "ruff",
             "segment-anything",
+            "iopath",  # for sam2's Hiera (sam2 itself: Makefile, --no-deps)
             "colcon-common-extensions",
             "xmlschema",
         ],

@@ -1,7 +1,8 @@
-"""Benchmark: torch eager against ONNX Runtime (CPU, fp32 export) on the full MoE-LoRA SAM,
-4 modalities, 512x512, for the `tiny` and `vit_b` configs. Also checks that both give the same
-labels, and reports export time. Target: ONNX Runtime at least 1.3x faster than torch eager.
-GPU backends (TensorRT, ONNX Runtime CUDA) are measured only where a GPU exists.
+"""Benchmark on CPU only: torch eager against ONNX Runtime (CPU, fp32 export) on the full
+MoE-LoRA SAM, 4 modalities, 512x512, for the `tiny` and `vit_b` configs. Also checks that both
+give the same labels, and reports export time. Target: ONNX Runtime at least 1.3x faster than
+torch eager. It runs no GPU backend, on any machine: `bench/bench_gpu.py` measures torch CUDA
+and TensorRT, `sam-mmseg build-engine --verify` the engine a vehicle runs.
 
     .venv/bin/python bench/bench_engine.py        # writes docs/benchmarks/engine.md + .png
 """
@@ -98,14 +99,15 @@ def write_report(rows: list[dict], threads: int, out: Path, command: str) -> Non
         "Attention: torch eager runs `scaled_dot_product_attention` with the decomposed "
         "relative-position bias as mask. The export cannot (torch 2.13's exporter breaks on "
         "SDPA-with-mask), so the graph folds the bias into the score matmul instead: "
-        "[q*scale | rel_h | rel_w] . [k | one-hot row | one-hot column], then Softmax and MatMul, "
-        "which avoids the [tokens x tokens] bias tensor and the broadcast adds over it (SAM's explicit "
-        "form cost ViT-B about 8% in ONNX Runtime). The ONNX Runtime backend also lets idle "
+        "[q*scale | rel_h | rel_w] . [k | one-hot row | one-hot column], V zero-padded to the same "
+        "width, then Softmax and MatMul, which avoids the [tokens x tokens] bias tensor and the "
+        "broadcast adds over it (SAM's explicit form cost ViT-B about 8% in ONNX Runtime). Both run "
+        "in query chunks of bounded size (see export.md). The ONNX Runtime backend also lets idle "
         "intra-op threads sleep instead of spinning (`session.intra_op.allow_spinning=0`), worth "
         "about 13% on this shared machine.",
         "",
-        "GPU figures (TensorRT fp16 / ONNX Runtime CUDA) are not measured: this machine has no GPU "
-        "and no TensorRT. The machine is shared, so absolute times carry noise; the speed-up is "
+        "This script runs CPU backends only, on any machine; GPU figures come from "
+        "`bench/bench_gpu.py`. The machine is shared, so absolute times carry noise; the speed-up is "
         "measured back to back on the same input.",
         "",
     ]

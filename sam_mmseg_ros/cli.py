@@ -8,6 +8,9 @@ import importlib
 import logging
 import sys
 
+from sam_mmseg_ros.contracts import BadFileError
+
+EXIT_BAD_FILE = 2
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sam_mmseg_ros.demo", "generate a bag, run the node on it over DDS, write a report"),
     "train": ("sam_mmseg_ros.train", "train the MoE-LoRA experts, router and heads"),
@@ -34,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+    try:
+        return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+    except BadFileError as exc:  # a file the user named is unusable: say which and why, no traceback
+        logging.getLogger("sam_mmseg_ros").error("%s", exc)
+        return EXIT_BAD_FILE
 
 
 if __name__ == "__main__":

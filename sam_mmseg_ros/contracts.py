@@ -17,6 +17,14 @@ MODALITY_INDEX: dict[str, int] = {name: i for i, name in enumerate(MODALITIES)}
 
 ENGINE_INPUTS: tuple[str, ...] = ("images", "modality_mask")
 ENGINE_OUTPUTS: tuple[str, ...] = ("labels", "confidence", "router_weights")
+TASK_OUTPUTS: dict[str, tuple[str, ...]] = {"semantic": ENGINE_OUTPUTS, "depth": ("depth",)}
+"""Engine outputs per model task (model.config.TASKS); every model has the semantic task. A model
+with more tasks has their outputs after ENGINE_OUTPUTS, in this order: depth float32 [1, H, W],
+metres along the camera's optical axis."""
+OPTIONAL_ENGINE_OUTPUTS: tuple[str, ...] = ("depth", "domain", "domain_confidence")
+"""Outputs a model has only with the part that makes them, after ENGINE_OUTPUTS in this order:
+depth (the depth task), domain int32 [1] and domain_confidence float32 [1] (domain-adapter
+models, DESIGN.md §3)."""
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -38,12 +46,19 @@ below, so a replay feeds a node started with defaults."""
 
 BAG_TOPICS: dict[str, str] = {k: f"/{NODE_NAME}/{v[2:]}" for k, v in INPUT_TOPICS.items()}
 GROUND_TRUTH_TOPIC = f"/{NODE_NAME}/ground_truth/labels"  # mono8 class ids, camera header
+GROUND_TRUTH_DEPTH_TOPIC = f"/{NODE_NAME}/ground_truth/depth"  # 32FC1 metres, NaN where unknown (sky)
 CONDITION_TOPIC = f"/{NODE_NAME}/ground_truth/condition"  # std_msgs/String: weather of each frame
 CAMERA_RECORD_DELAY_NS = 10_000_000
 """Bags record a frame's camera image (and ground truth) this long after its depth, events and
 LiDAR, header stamps unchanged, as a camera-triggered rig delivers them: when the node assembles a
 camera frame its partners have arrived at any replay speed, so a replay gives the node the same
 bundles that offline evaluation assembles."""
+
+
+class BadFileError(ValueError):
+    """A file from outside (checkpoint, ONNX model, bag) that cannot be used as it is: damaged,
+    foreign, absurd or hostile. The message names the file and what is wrong with it, and never
+    suggests loading it in a less safe way."""
 
 
 class InputError(ValueError):

@@ -27,6 +27,9 @@ def configure_parser(parser) -> None:
     parser.add_argument("--max-frames", type=int, default=None)
     parser.add_argument("--params-file", default=None,
                         help="node parameters YAML (sync tolerances, event settings...), default the shipped one")
+    from sam_mmseg_ros.topic_map import add_topic_arguments
+
+    add_topic_arguments(parser)
     parser.add_argument("--live", action="store_true",
                         help="score a running node's published labels while replaying the bag over DDS")
     parser.add_argument("--rate", type=float, default=1.0, help="replay rate in --live mode")
@@ -61,9 +64,16 @@ def run(args) -> int:
         from sam_mmseg_ros.node_settings import NodeSettings
         from sam_mmseg_ros.sensors.encodings import EncodingError
 
-        input_size = NodeSettings.from_file(args.params_file).model.input_size
-        backend = create_backend(args.backend, checkpoint=args.checkpoint, precision="fp32",
-                                 device=args.device if args.backend == "torch" else None, input_size=input_size)
+        # The node's precision, size and engine settings, so `--backend tensorrt` scores the engine
+        # the node runs (the torch reference on CPU runs fp32 whatever the precision).
+        node = NodeSettings.from_file(args.params_file).model.backend_options()
+        options = {k: node[k] for k in ("precision", "input_size", "allow_build", "cache_dir", "workspace_mib",
+                                        "use_cuda_graph")}
+        backend = create_backend(args.backend, checkpoint=args.checkpoint,
+                                 device=args.device if args.backend == "torch" else None, **options)
+        from sam_mmseg_ros.eval.offline import NoCameraFrames
+        from sam_mmseg_ros.topic_map import parse_topic_map
+
         try:
             if (source / "img").is_dir():
                 cases = tuple(c.strip() for c in args.cases.split(",")) if args.cases else None
@@ -71,10 +81,13 @@ def run(args) -> int:
                                           progress=progress, max_frames=args.max_frames, cases=cases)
             else:
                 result = evaluate_bag(source, backend, args.params_file, subsets=subsets, progress=progress,
-                                      max_frames=args.max_frames)
+                                      max_frames=args.max_frames, topic_map=parse_topic_map(args.topic))
         except EncodingError as exc:  # the model cannot run on this source's inputs: say why, no traceback
             log.error("%s", exc)
             return 2
+        except NoCameraFrames as exc:
+            log.error("%s", exc)
+            return 1
     from sam_mmseg_ros.eval.report import write_report
 
     summary = write_report(result, args.out, title=f"Evaluation of {source.name}")

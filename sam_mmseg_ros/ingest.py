@@ -11,10 +11,13 @@ same code with the same settings as the frames the node publishes. The decoders 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from sam_mmseg_ros.contracts import BAG_TOPICS, FrameBundle, ImageData, InputError, Stamped
 from sam_mmseg_ros.decoders.camera_info import camera_info_to_model
 from sam_mmseg_ros.decoders.common import stamp_to_ns
+from sam_mmseg_ros.decoders.compressed import compressed_depth_to_numpy, compressed_image_to_numpy
+from sam_mmseg_ros.decoders.event_packet import EventPacketDecoder
 from sam_mmseg_ros.decoders.image import image_to_numpy
 from sam_mmseg_ros.decoders.pointcloud import pointcloud2_to_cloud, pointcloud2_to_events
 from sam_mmseg_ros.health import HealthMonitor
@@ -34,6 +37,32 @@ def topic_kinds(topics: dict[str, str] = BAG_TOPICS) -> dict[str, str]:
     return {topic: kind for kind, topic in topics.items()}
 
 
+def message_shape(msg) -> str:
+    """Which sensor message `msg` is, by its fields (rclpy and rosbags messages alike): "image",
+    "compressed" (CompressedImage), "packet" (EventPacket), "cloud" (PointCloud2)."""
+    if hasattr(msg, "time_base") and hasattr(msg, "events"):
+        return "packet"
+    if hasattr(msg, "fields"):
+        return "cloud"
+    if hasattr(msg, "format") and not hasattr(msg, "encoding"):
+        return "compressed"
+    return "image"
+
+
+_TYPE_NAMES = {"image": "sensor_msgs/Image", "cloud": "PointCloud2", "packet": "EventPacket",
+               "compressed": "CompressedImage"}
+
+
+@dataclass(frozen=True)
+class UndecodableFrame:
+    """A camera message that could not be decoded: it still gets a modality_health output (rgb
+    `invalid`, with the reason) and the node's status says so."""
+
+    stamp_ns: int
+    frame_id: str
+    reason: str
+
+
 class FrameFeeder:
     """The node's subscriber callbacks, ROS-free: decode, count for health, buffer for assembly.
 
@@ -51,6 +80,9 @@ class FrameFeeder:
             settings.sync, on_reset=lambda reason: self.problems.report("sync", f"time went backwards: {reason}"))
         self.health = HealthMonitor(settings.thresholds, settings.enabled)
         self.camera_size: tuple[int, int] | None = None  # (width, height) of the last RGB image
+        self.camera_info_error: str | None = None  # why the last camera_info was refused
+        self.undecodable_camera_frames = 0
+        self._event_packets = EventPacketDecoder()  # evt3 carries state from packet to packet
 
     def apply(self, settings: NodeSettings) -> None:
         """Run-time parameter changes: sync tolerances and health thresholds (the others are
@@ -63,7 +95,7 @@ class FrameFeeder:
         """One message; returns the assembled bundle for a camera image, else None."""
         if kind == "rgb":
             stamped = self.receive_camera(msg, now_ns)
-            return None if stamped is None else self.assemble(stamped, wait=False)
+            return None if isinstance(stamped, UndecodableFrame) else self.assemble(stamped, wait=False)
         if kind == "camera_info":
             self.receive_camera_info(msg)
         elif kind not in SYNCED_MODALITIES:
@@ -71,16 +103,23 @@ class FrameFeeder:
         elif not self.settings.enabled[kind]:
             pass  # the node does not subscribe to a disabled modality
         elif kind == "depth":
-            self._buffer("depth", self._decode("depth", msg, self._depth_image, now_ns))
+            decode = self._compressed_depth if message_shape(msg) == "compressed" else self._depth_image
+            self._buffer("depth", self._decode("depth", msg, decode, now_ns))
         else:
             self.receive_stream(kind, msg, now_ns)
         return None
 
-    def receive_camera(self, msg, now_ns: int) -> Stamped | None:
-        """Decode an RGB image (None when it cannot be used); the node queues the result."""
-        stamped = self._decode("rgb", msg, image_to_numpy, now_ns)
-        if stamped is not None:
-            self.camera_size = (int(msg.width), int(msg.height))
+    def receive_camera(self, msg, now_ns: int) -> Stamped | UndecodableFrame:
+        """Decode a camera message (Image or CompressedImage); the node queues the result, an
+        undecodable one too (it still gets its health output)."""
+        compressed = message_shape(msg) == "compressed"
+        stamped = self._decode("rgb", msg, compressed_image_to_numpy if compressed else image_to_numpy, now_ns)
+        if stamped is None:
+            self.undecodable_camera_frames += 1
+            return UndecodableFrame(stamp_to_ns(msg.header.stamp), str(msg.header.frame_id),
+                                    self.problems.current.get("rgb", "camera image could not be decoded"))
+        height, width = stamped.data.array.shape[:2] if compressed else (msg.height, msg.width)
+        self.camera_size = (int(width), int(height))
         return stamped
 
     def assemble(self, camera: Stamped, wait: bool = True) -> FrameBundle:
@@ -90,30 +129,38 @@ class FrameFeeder:
         before the image is already buffered, and a wall-clock wait would change nothing."""
         if wait:
             self.assembler.wait_for_partners(camera.stamp_ns)
-        return self.assembler.assemble(camera)
+        bundle = self.assembler.assemble(camera)
+        if bundle.camera is None and self.camera_info_error is not None:
+            bundle.absent["camera_info"] = self.camera_info_error
+        return bundle
 
     def receive_camera_info(self, msg) -> None:
         try:
             camera = camera_info_to_model(msg)
         except InputError as exc:
+            self.camera_info_error = f"camera_info refused: {exc}"
             self.problems.report("camera_info", str(exc))
             return
+        self.camera_info_error = None
         self.problems.resolve("camera_info", "decodes again")
         self.camera_size = self.camera_size or (camera.width, camera.height)
         self.assembler.set_camera(camera)
 
     def receive_stream(self, kind: str, msg, now_ns: int) -> None:
-        """Events or LiDAR: a PointCloud2, or a ready Image when `<kind>_input` is 'image' (the
-        node subscribes with that type; offline, a message of the other type is reported)."""
+        """Events or LiDAR: a PointCloud2, a ready Image when `<kind>_input` is 'image', or for
+        events an EventPacket when `event_input` is 'packet' (the node subscribes with that type;
+        offline, a message of another type is reported)."""
         wanted = self.settings.inputs[kind]
 
         def decode(m):
-            is_image = hasattr(m, "encoding")
-            if is_image != (wanted == "image"):
-                raise InputError(f"a {'sensor_msgs/Image' if is_image else 'PointCloud2'} arrived but {kind}_input "
-                                 f"is '{wanted}' (set {kind}_input: {'image' if is_image else 'cloud'})")
-            if is_image:
+            shape = message_shape(m)
+            if shape != wanted:
+                raise InputError(f"a {_TYPE_NAMES[shape]} arrived but {kind}_input is '{wanted}' "
+                                 f"(set {kind}_input: {shape})")
+            if shape == "image":
                 return image_to_numpy(m)
+            if shape == "packet":
+                return self._event_packets.decode(m, self._event_size(required=False))
             return pointcloud2_to_events(m, *self._event_size()) if kind == "event" else pointcloud2_to_cloud(m)
 
         self._buffer(kind, self._decode(kind, msg, decode, now_ns))
@@ -128,6 +175,13 @@ class FrameFeeder:
             raise InputError(f"depth_input is 'image' but a '{image.encoding}' depth image arrived "
                              "(set depth_input: depth for metric depth)")
         return image
+
+    def _compressed_depth(self, msg) -> ImageData:
+        """image_transport's compressedDepth: metric depth (16UC1 or 32FC1)."""
+        if self.settings.inputs["depth"] == "image":
+            raise InputError("depth_input is 'image' but a compressedDepth (metric) depth image arrived "
+                             "(set depth_input: depth)")
+        return compressed_depth_to_numpy(msg)
 
     def _decode(self, modality: str, msg, decode, now_ns: int) -> Stamped | None:
         try:
@@ -145,10 +199,14 @@ class FrameFeeder:
         if stamped is not None:
             self.assembler.add(modality, stamped)
 
-    def _event_size(self) -> tuple[int, int]:
+    def _event_size(self, required: bool = True) -> tuple[int, int] | None:
+        """The event sensor's (width, height): the parameter, else the camera's. EventPackets carry
+        their own and need it only when they leave it 0 (`required=False`)."""
         width, height = self.settings.event_sensor_size
         if width > 0 and height > 0:
             return width, height
+        if self.camera_size is None and not required:
+            return None
         if self.camera_size is None:
             raise InputError("events arrived before the first camera image: the event sensor size is "
                              "unknown (set event_sensor_size)")

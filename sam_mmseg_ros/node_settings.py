@@ -14,13 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from sam_mmseg_ros.contracts import INPUT_TOPICS
 from sam_mmseg_ros.health import HealthThresholds
 from sam_mmseg_ros.sensors.encodings import check_encodings, live_encodings, resolve
 from sam_mmseg_ros.sensors.preprocess import PreprocessConfig
 from sam_mmseg_ros.settings import SettingsError, defaults, load_parameters, validate
 from sam_mmseg_ros.sync import SYNCED_MODALITIES, SyncConfig
 
-OUTPUTS = ("labels", "color", "overlay", "painted_points", "modality_health")
+INPUT_KINDS = tuple(INPUT_TOPICS)  # rgb, camera_info, depth, event, lidar
+OUTPUTS = ("labels", "color", "overlay", "painted_points", "modality_health", "depth")
+TRANSPORT_SUFFIX = {"raw": "", "compressed": "/compressed", "compressedDepth": "/compressedDepth"}
+"""image_transport's topic for a transport: <base topic><suffix>."""
 
 
 @dataclass(frozen=True)
@@ -31,18 +35,24 @@ class ModelSettings:
     checkpoint: str | None
     onnx_path: str | None
     engine_path: str | None
+    engine_trusted: bool
     engine_cache_dir: str | None
     allow_engine_build: bool
+    engine_workspace_mib: int | None  # None: sized to the GPU
+    use_cuda_graph: bool
     precision: str
     device: str | None
     cpu_threads: int
     input_size: tuple[int, int] | None  # (height, width); None: the model's own
+    depth_task: bool  # False: the model runs without its depth task
 
     def backend_options(self) -> dict:
         """Keyword arguments of `engine.create_backend`."""
         return dict(checkpoint=self.checkpoint, onnx_path=self.onnx_path, engine_path=self.engine_path,
-                    precision=self.precision, device=self.device, input_size=self.input_size,
-                    allow_build=self.allow_engine_build, cache_dir=self.engine_cache_dir)
+                    engine_trusted=self.engine_trusted, precision=self.precision, device=self.device,
+                    input_size=self.input_size, allow_build=self.allow_engine_build, cache_dir=self.engine_cache_dir,
+                    workspace_mib=self.engine_workspace_mib, use_cuda_graph=self.use_cuda_graph,
+                    tasks=None if self.depth_task else ("semantic",))
 
 
 @dataclass(frozen=True)
@@ -50,10 +60,14 @@ class NodeSettings:
     values: dict  # every parameter by name, as given
     model: ModelSettings
     enabled: dict[str, bool]  # rgb and the synced modalities
-    inputs: dict[str, str]  # depth: "depth" | "image", event and lidar: "cloud" | "image"
+    inputs: dict[str, str]  # depth: "depth" | "image", event: "cloud" | "image" | "packet", lidar: "cloud" | "image"
+    topics: dict[str, str]  # input kind -> topic of the topic map ("" keeps ~/input/<kind>)
+    rgb_transport: str  # "raw" | "compressed"
+    depth_transport: str  # "raw" | "compressedDepth"
     event_sensor_size: tuple[int, int]  # (width, height); (0, 0): the camera's
     event_window_ms: float
     lidar_max_range_m: float
+    lidar_intensity_scale: float  # 0: by the intensity field's datatype
     sync: SyncConfig
     thresholds: HealthThresholds
     use_tf: bool
@@ -91,15 +105,20 @@ class NodeSettings:
         height, width = (int(x) for x in v["input_size"])
         model = ModelSettings(
             backend=v["backend"], checkpoint=v["checkpoint"] or None, onnx_path=v["onnx_path"] or None,
-            engine_path=v["engine_path"] or None, engine_cache_dir=v["engine_cache_dir"] or None,
-            allow_engine_build=bool(v["allow_engine_build"]), precision=v["precision"],
+            engine_path=v["engine_path"] or None, engine_trusted=bool(v["engine_trusted"]),
+            engine_cache_dir=v["engine_cache_dir"] or None, allow_engine_build=bool(v["allow_engine_build"]),
+            engine_workspace_mib=int(v["engine_workspace_mib"]) or None, use_cuda_graph=bool(v["use_cuda_graph"]),
+            precision=v["precision"],
             device=v["device"] or None, cpu_threads=int(v["cpu_threads"]),
-            input_size=(height, width) if height and width else None)
+            input_size=(height, width) if height and width else None, depth_task=bool(v["depth_task"]))
         event_width, event_height = (int(x) for x in v["event_sensor_size"])
         inputs = {m: str(v[f"{m}_input"]) for m in SYNCED_MODALITIES}
         return cls(values=dict(v), model=model, enabled=enabled, inputs=inputs,
+                   topics={kind: str(v[f"topics.{kind}"]) for kind in INPUT_KINDS},
+                   rgb_transport=str(v["rgb_transport"]), depth_transport=str(v["depth_transport"]),
                    event_sensor_size=(event_width, event_height), event_window_ms=float(v["event_window_ms"]),
-                   lidar_max_range_m=float(v["lidar_max_range_m"]), sync=sync, thresholds=thresholds,
+                   lidar_max_range_m=float(v["lidar_max_range_m"]),
+                   lidar_intensity_scale=float(v["lidar_intensity_scale"]), sync=sync, thresholds=thresholds,
                    use_tf=bool(v["use_tf"]), T_camera_lidar=parameter_transform(v),
                    input_reliability=v["input_reliability"], input_queue_depth=int(v["input_queue_depth"]),
                    outputs={o: bool(v[f"publish.{o}"]) for o in OUTPUTS},
@@ -123,7 +142,19 @@ class NodeSettings:
         check_encodings(encodings, {"rgb": live_encodings("rgb"), **provides}, model_source,
                         "this node (" + ", ".join(f"{m}_input: {self.inputs[m]}" for m in provides) + ")")
         return PreprocessConfig(input_size=tuple(int(x) for x in input_size), encodings=encodings,
-                                event_window_ms=self.event_window_ms, lidar_max_range_m=self.lidar_max_range_m)
+                                event_window_ms=self.event_window_ms, lidar_max_range_m=self.lidar_max_range_m,
+                                lidar_intensity_scale=self.lidar_intensity_scale or None)
+
+    def transport(self, kind: str) -> str:
+        """The image_transport transport of an input kind ("raw" for those without one)."""
+        return {"rgb": self.rgb_transport, "depth": self.depth_transport}.get(kind, "raw")
+
+    def input_topic(self, kind: str, node: str = "~") -> str:
+        """The topic the node subscribes to for `kind`: the topic map's, else its own input topic
+        (node-relative, or resolved for a node named `node`, e.g. "/sam_mmseg"), with the
+        transport's suffix."""
+        base = self.topics.get(kind) or INPUT_TOPICS[kind].replace("~", node.rstrip("/"), 1)
+        return base + TRANSPORT_SUFFIX[self.transport(kind)]
 
 
 def quaternion_matrix(translation, xyzw) -> np.ndarray:

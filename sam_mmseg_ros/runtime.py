@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sam_mmseg_ros.contracts import MODALITIES, Stamped
-from sam_mmseg_ros.health import ModalityHealth
-from sam_mmseg_ros.ingest import FrameFeeder, model_source
+from sam_mmseg_ros.health import ERROR, WARN, ModalityHealth
+from sam_mmseg_ros.ingest import FrameFeeder, UndecodableFrame, model_source
 from sam_mmseg_ros.labels import colorize, overlay
 from sam_mmseg_ros.node_settings import NodeSettings
 from sam_mmseg_ros.pipeline import SegmentationPipeline
@@ -80,6 +80,7 @@ class FrameOutputs:
     overlay: np.ndarray | None = None  # uint8 [H, W, 3]
     painted_points: np.ndarray | None = None  # painted_cloud() structured points
     modality_health: dict[str, ModalityHealth] | None = None
+    depth: np.ndarray | None = None  # float32 [H, W] metres, NaN where invalid (depth models)
 
 
 @dataclass(frozen=True)
@@ -110,18 +111,34 @@ class SegmentationCore:
         self.pipeline: SegmentationPipeline | None = None
         self._last_health: dict[str, ModalityHealth] = {}
         self._states: dict[str, str] = {}
+        self._input_problems: dict[str, tuple[int, str]] = {}
 
     # ------------------------------------------------------------------------ callbacks, settings
 
-    def on_camera(self, msg) -> None:
-        """A camera image: decode it and hand it to the worker (replacing one it never took)."""
-        self.camera.seen()
-        stamped = self.feeder.receive_camera(msg, self.now_ns())
-        if stamped is not None and self.slot.put(stamped):
+    def on_camera(self, msg) -> bool:
+        """A camera message: decode it and hand it to the worker (replacing one it never took). An
+        undecodable one goes to the worker too, for its modality_health output; returns False for
+        it, so the node can publish /diagnostics at once."""
+        self._input_problems.pop("qos rgb", None)  # messages arrive: whatever blocked them is gone
+        frame = self.feeder.receive_camera(msg, self.now_ns())
+        undecodable = isinstance(frame, UndecodableFrame)
+        self.camera.seen(frame.reason if undecodable else None)
+        if self.slot.put(frame):
             self.stats.dropped += 1
+        return not undecodable
+
+    def input_problem(self, key: str, text: str | None, level: int = WARN) -> None:
+        """Record (or with None clear) a problem of the inputs for the node's status, e.g. an
+        incompatible QoS; an ERROR when nothing can be segmented because of it."""
+        if text is None:
+            self._input_problems.pop(key, None)
+        elif self._input_problems.get(key) != (level, text):
+            self._input_problems[key] = (level, text)
+            (self.log.error if level >= ERROR else self.log.warning)(text)
 
     def on_message(self, kind: str, msg) -> None:
         """Any other input (camera_info, depth, event, lidar)."""
+        self._input_problems.pop(f"qos {kind}", None)
         self.feeder.feed(kind, msg, self.now_ns())
 
     def apply(self, settings: NodeSettings) -> None:
@@ -176,7 +193,10 @@ class SegmentationCore:
             if camera is None:
                 continue
             try:
-                publish(self.process(camera, lookup_transform, wanted()))
+                if isinstance(camera, UndecodableFrame):
+                    publish(self.health_only(camera, wanted()))
+                else:
+                    publish(self.process(camera, lookup_transform, wanted()))
                 self.problems.resolve("frame")
             except Exception as exc:  # noqa: BLE001 - one bad frame must not end the node
                 self.problems.report("frame", f"processing failed: {type(exc).__name__}: {exc}")
@@ -188,7 +208,8 @@ class SegmentationCore:
         bundle = self.feeder.assemble(camera)
         lidar_frame = getattr(bundle.lidar, "frame_id", "")  # a ready LiDAR image needs no transform
         T = lookup_transform(camera.frame_id, lidar_frame)
-        result = self.pipeline.run(bundle, self.now_ns(), T, paint="painted_points" in wanted)
+        result = self.pipeline.run(bundle, self.now_ns(), T, paint="painted_points" in wanted,
+                                   depth="depth" in wanted)
         for modality in MODALITIES:
             if modality in result.errors:
                 self.problems.report(f"{modality} encoding", result.errors[modality])
@@ -208,7 +229,20 @@ class SegmentationCore:
             out.painted_points = painted_cloud(xyz, labels)
         if "modality_health" in wanted:
             out.modality_health = result.health
+        out.depth = result.depth
         self.stats.record((self.now_ns() - camera.stamp_ns) / 1e6, time.monotonic())
+        return out
+
+    def health_only(self, frame: UndecodableFrame, wanted: set[str]) -> FrameOutputs:
+        """The outputs of a camera message that could not be decoded: no labels, but its
+        modality_health (rgb `invalid` with the reason, the other modalities as of its stamp)."""
+        bundle = self.feeder.assemble(Stamped(frame.stamp_ns, None, frame.frame_id), wait=False)
+        health = self.feeder.health.update(bundle, {}, self.now_ns())
+        self._log_state_changes(health)
+        self._last_health = health
+        out = FrameOutputs(frame.stamp_ns, frame.frame_id)
+        if "modality_health" in wanted:
+            out.modality_health = health
         return out
 
     def _log_state_changes(self, health: dict[str, ModalityHealth]) -> None:
@@ -235,7 +269,10 @@ class SegmentationCore:
         modalities = []
         for m in MODALITIES:
             health = self._last_health.get(m)
+            health = self.camera.rgb_health(health) if m == "rgb" else health
             if health is not None:
-                health = self.camera.rgb_health(health) if m == "rgb" else health
                 modalities.append((health, self.settings.enabled[m]))
-        return Report(node_status(self.model, self.camera, values), modalities)
+        inputs = list(self._input_problems.values())
+        if self.feeder.camera_info_error is not None:
+            inputs.append((WARN, f"{self.feeder.camera_info_error}; depth HHA and LiDAR projection are off"))
+        return Report(node_status(self.model, self.camera, values, inputs), modalities)

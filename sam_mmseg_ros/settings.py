@@ -70,24 +70,51 @@ SETTINGS: tuple[Setting, ...] = (
             "untrained tiny model (reported as an ERROR diagnostic)"),
     Setting("onnx_path", "", "ONNX model for the onnxruntime / tensorrt backends; empty: export from checkpoint"),
     Setting("engine_path", "", "TensorRT engine file; empty: the engine cache"),
+    Setting("engine_trusted", False, "load engine_path (given alone) even without its cache record, e.g. an "
+            "engine built by trtexec: its hash, TensorRT version, GPU and precision are then not checked, and "
+            "the log says so. A record that disagrees is never overridden"),
     Setting("engine_cache_dir", "", "where built TensorRT engines are kept; empty: the default cache"),
     Setting("allow_engine_build", True, "build a TensorRT engine when none valid exists (else fail clearly)"),
-    Setting("precision", "fp16", "inference precision", choices=("fp16", "fp32")),
+    Setting("engine_workspace_mib", 0, "TensorRT builder workspace limit in MiB; 0: 1/8 of the GPU memory, at "
+            "most 2048 (1024 on an 8 GB Jetson Orin)", low=0, high=65536),
+    Setting("use_cuda_graph", False, "TensorRT: replay the engine as one captured CUDA graph (less launch "
+            "overhead per frame; plain execution where capture is not supported)"),
+    Setting("precision", "fp16", "inference precision of GPU backends (CPU backends run fp32); an fp32 "
+            "onnx_path is converted for fp16", choices=("fp16", "fp32")),
     Setting("device", "", "torch device (cpu, cuda, cuda:1); empty: CUDA when available"),
     Setting("cpu_threads", 1, "torch CPU threads for CPU inference; 0: torch's default (all cores). 1 by "
             "default: a node shares the CPU with the rest of the stack, and oversubscribed threads made "
             "inference ~10x slower on a busy 2-core machine", low=0, high=256),
     Setting("input_size", [0, 0], "model input [height, width] in pixels; [0, 0]: the model's own size",
             low=0, high=4096, length=2),
+    Setting("depth_task", True, "run the model's dense depth task (models that have one) for ~/output/depth; "
+            "false runs a checkpoint's model without it, at no extra cost (an ONNX or engine file given "
+            "runs as it is)"),
     # --- inputs ----------------------------------------------------------------------------------
     Setting("enable.depth", True, "subscribe to ~/input/depth and use it"),
     Setting("enable.event", True, "subscribe to ~/input/events and use it"),
     Setting("enable.lidar", True, "subscribe to ~/input/lidar and use it"),
+    Setting("topics.rgb", "", "camera topic (base name, as image_transport names it: the compressed transport "
+            "subscribes to <topic>/compressed); empty: ~/input/rgb. The topics.* rows are the topic map of drivers "
+            "that use their own names; `sam-mmseg eval` and `replay` read them from the same parameter file"),
+    Setting("topics.camera_info", "", "camera_info topic; empty: ~/input/camera_info"),
+    Setting("topics.depth", "", "depth topic (base name); empty: ~/input/depth"),
+    Setting("topics.event", "", "event topic; empty: ~/input/events"),
+    Setting("topics.lidar", "", "LiDAR topic; empty: ~/input/lidar"),
+    Setting("rgb_transport", "raw", "camera transport: raw (sensor_msgs/Image) or compressed (CompressedImage, "
+            "jpeg or png, on <camera topic>/compressed, as image_transport publishes it)",
+            choices=("raw", "compressed")),
     Setting("depth_input", "depth", "~/input/depth holds metric depth (32FC1 or 16UC1 Image), or a ready depth "
             "image (rgb8/bgr8/mono8) already in the model's depth encoding, e.g. a DELIVER bag's HHA images",
             choices=("depth", "image")),
-    Setting("event_input", "cloud", "~/input/events type: PointCloud2 of events, or a ready event-frame Image "
-            "(rgb8/bgr8/mono8) in the model's event encoding, e.g. DELIVER's event images", choices=("cloud", "image")),
+    Setting("depth_transport", "raw", "depth transport: raw (Image) or compressedDepth (metric depth as "
+            "CompressedImage on <depth topic>/compressedDepth, image_transport's PNG depth codec)",
+            choices=("raw", "compressedDepth")),
+    Setting("event_input", "cloud", "~/input/events type: PointCloud2 of events (cloud), a ready event-frame Image "
+            "(rgb8/bgr8/mono8) in the model's event encoding, e.g. DELIVER's event images (image), or "
+            "event_camera_msgs/EventPacket (packet: evt3, libcaer_cmp, libcaer, as metavision_driver and "
+            "libcaer_driver publish; live only where event_camera_msgs is installed)",
+            choices=("cloud", "image", "packet")),
     Setting("lidar_input", "cloud", "~/input/lidar type: PointCloud2, or a ready LiDAR Image (rgb8/bgr8/mono8, "
             "camera-aligned) in the model's LiDAR encoding, e.g. DELIVER's LiDAR images", choices=("cloud", "image")),
     Setting("event_sensor_size", [0, 0], "event sensor [width, height]; [0, 0]: the camera resolution",
@@ -95,6 +122,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("event_window_ms", 50.0, "events in this window before the camera stamp form one frame",
             low=1.0, high=1000.0),
     Setting("lidar_max_range_m", 80.0, "LiDAR points farther than this are ignored", low=1.0, high=1000.0),
+    Setting("lidar_intensity_scale", 0.0, "full scale of the LiDAR intensity field, the same for every frame; "
+            "0: by its datatype (255 for 8-bit and float fields, 65535 for 16- and 32-bit integers). Ouster's "
+            "float intensity exceeds 255: set it there", low=0.0, high=1e9),
     Setting("input_reliability", "best_effort", "input QoS reliability (sensor-data profile otherwise)",
             choices=("best_effort", "reliable")),
     Setting("input_queue_depth", 5, "input QoS history depth", low=1, high=100),
@@ -152,6 +182,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("publish.overlay", True, "publish ~/output/overlay", runtime=True),
     Setting("publish.painted_points", True, "publish ~/output/painted_points", runtime=True),
     Setting("publish.modality_health", True, "publish ~/output/modality_health", runtime=True),
+    Setting("publish.depth", True, "publish ~/output/depth (32FC1, metres, NaN where there is no surface "
+            "such as sky), from models with the depth task", runtime=True),
     Setting("overlay_alpha", 0.5, "weight of the class colours in the overlay", low=0.0, high=1.0, runtime=True),
 )
 

@@ -9,6 +9,7 @@ and an rgb state of `stale`. `ModelState` follows the backend from loading to re
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,24 +49,28 @@ class ModelState:
         return None
 
     def values(self, precision: str) -> dict:
+        """`fallbacks`: why better backends were skipped (`create_backend`'s fallback_reasons)."""
         backend = self.backend
         return {"backend": backend.name if backend else self.requested_backend,
                 "precision": backend.precision if backend else precision,
                 "input_size": "x".join(str(v) for v in backend.input_shape[-2:]) if backend else "",
-                "model_state": self.state, "trained": self.trained}
+                "model_state": self.state, "trained": self.trained,
+                "fallbacks": " | ".join(getattr(backend, "fallback_reasons", ()))}
 
 
 @dataclass
 class CameraWatchdog:
     """When the last camera message arrived (decodable or not), on a monotonic clock that sim time
-    cannot stop."""
+    cannot stop, and why it could not be decoded when it could not."""
 
     timeout_s: float
     clock: Callable[[], float] = time.monotonic
     last_seen: float | None = field(default=None)
+    undecodable: str | None = None  # the reason, while the latest camera message cannot be decoded
 
-    def seen(self) -> None:
+    def seen(self, undecodable: str | None = None) -> None:
         self.last_seen = self.clock()
+        self.undecodable = undecodable
 
     def silence_s(self) -> float | None:
         return None if self.last_seen is None else self.clock() - self.last_seen
@@ -76,16 +81,24 @@ class CameraWatchdog:
             return WARN, "waiting for the first camera image"
         if silence > self.timeout_s:
             return ERROR, f"camera stopped: no image for {silence:.1f} s, no output"
+        if self.undecodable is not None:
+            return ERROR, f"camera images cannot be decoded, no segmentation: {self.undecodable}"
         return None
 
-    def rgb_health(self, health: ModalityHealth) -> ModalityHealth:
-        """The last frame's rgb health, or `stale` with weight 0 once the camera has been silent for
-        longer than the timeout (no frame comes to say so)."""
+    def rgb_health(self, health: ModalityHealth | None) -> ModalityHealth | None:
+        """The last frame's rgb health; `invalid` with the reason as soon as a camera message cannot
+        be decoded (before the worker gets to it, even before any frame was processed); `stale`
+        with weight 0 once the camera has been silent for longer than the timeout (no frame comes
+        to say so)."""
         silence = self.silence_s()
-        if silence is None or silence <= self.timeout_s:
-            return health
-        return dataclasses.replace(health, state="stale", reason=f"no image for {silence:.1f} s",
-                                   age_ms=silence * 1e3, router_weight=0.0)
+        if silence is not None and silence > self.timeout_s and health is not None:
+            return dataclasses.replace(health, state="stale", reason=f"no image for {silence:.1f} s",
+                                       age_ms=silence * 1e3, router_weight=0.0)
+        if self.undecodable is not None:
+            if health is None:
+                return ModalityHealth("rgb", "invalid", self.undecodable, math.nan, 0.0, 0.0, 0.0)
+            return dataclasses.replace(health, state="invalid", reason=self.undecodable, router_weight=0.0)
+        return health
 
 
 @dataclass(frozen=True)
@@ -95,8 +108,10 @@ class NodeStatus:
     values: dict
 
 
-def node_status(model: ModelState, camera: CameraWatchdog, values: dict) -> NodeStatus:
-    """The worst of the model's and the camera's problems, all of them in the message."""
-    problems = [p for p in (model.problem(), camera.problem()) if p is not None]
+def node_status(model: ModelState, camera: CameraWatchdog, values: dict,
+                inputs: list[tuple[int, str]] = ()) -> NodeStatus:
+    """The worst of the model's, the camera's and the inputs' problems (incompatible QoS, a refused
+    camera_info...), all of them in the message."""
+    problems = [p for p in (model.problem(), camera.problem(), *inputs) if p is not None]
     level = max((lvl for lvl, _ in problems), default=OK)
     return NodeStatus(level, "; ".join(text for _, text in problems) or "running", values)

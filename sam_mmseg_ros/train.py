@@ -1,5 +1,13 @@
 """`sam-mmseg train`: train the MoE-LoRA experts, router and heads (DESIGN.md §4).
 
+A model with the depth task (config.tasks) learns both tasks at once: OHEM cross-entropy on the
+labels plus `depth_weight` x the log-depth L1 on the dataset's metric depth, under the same
+modality dropout, so depth is also learned without the depth sensor, and with `depth_holes` the
+depth camera's input loses patches and far pixels (data/depth_holes.py) while the target keeps
+them, so the model learns to fill its holes. `init_checkpoint` with
+`model_overrides` starts a model that extends the checkpoint's (task-aware adapters, more tasks)
+from its weights.
+
 One loop for one process or many: started with `torchrun --nproc_per_node N`, every process
 trains on its shard (DistributedSampler) under DistributedDataParallel (nccl on CUDA, gloo on
 the CPU); rank 0 alone writes checkpoints, the metrics log and the progress bar.
@@ -23,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -32,7 +41,9 @@ from tqdm import tqdm
 
 from sam_mmseg_ros.contracts import IGNORE_LABEL, MODALITY_INDEX
 from sam_mmseg_ros.data.dataset import augment, modality_dropout
-from sam_mmseg_ros.model.losses import SegmentationLoss
+from sam_mmseg_ros.model.checkpoint import DEFAULT_CHECKPOINT
+from sam_mmseg_ros.model.config import ADAPTERS, MODEL_CONFIGS, TASKS
+from sam_mmseg_ros.model.losses import LogDepthL1, SegmentationLoss
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +60,7 @@ class TrainConfig:
     img_size: int = 256
     num_classes: int = 25
     model_overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"depth": 2}
-    sam_checkpoint: str | None = None  # official SAM weights for the encoder
+    sam_checkpoint: str | None = None  # official SAM / SAM2 weights for the encoder (and SAM's parts)
     init_checkpoint: str | None = None  # start from our checkpoint's weights (a previous stage)
     steps: int = 2000
     batch_size: int = 8  # per process
@@ -67,6 +78,8 @@ class TrainConfig:
     train_encoder: bool = False  # False: SAM encoder frozen, only experts, router and heads train
     train_experts: bool = True  # False keeps the LoRA experts at their init (encoder pretraining)
     aux_weight: float = 0.4
+    depth_weight: float = 1.0  # weight of the depth loss (models with the depth task)
+    depth_holes: float = 0.0  # probability that a sample's depth input gets a depth camera's holes
     ohem_thresh: float = 0.7
     checkpoint_every: int = 500
     log_every: int = 10
@@ -174,8 +187,10 @@ class _RGBOnlyForward(nn.Module):
         fused_blocks = [model.fusion(f[:b, None], ones, ones, channel_dim=-1) for f in blocks]
         weights = torch.zeros_like(modality_mask)
         weights[:, MODALITY_INDEX["rgb"]] = 1.0
-        return {"logits": model.decoder(fused, (h, w)), "aux_logits": model.aux_head(fused_blocks, (h, w)),
-                "router_weights": weights}
+        out = {"logits": model.decoder(fused, (h, w)), "router_weights": weights}
+        if model.aux_head is not None:
+            out["aux_logits"] = model.aux_head(fused_blocks, (h, w))
+        return out
 
 
 def rgb_only_shortcut(model: nn.Module, config: TrainConfig) -> bool:
@@ -184,6 +199,9 @@ def rgb_only_shortcut(model: nn.Module, config: TrainConfig) -> bool:
     from sam_mmseg_ros.model.sam_moe import MoELoRASAM
 
     if not (config.rgb_only and not config.train_experts and isinstance(model, MoELoRASAM)):
+        return False
+    c = model.config  # the shortcut knows one semantic path through SAM's ViT and the router fusion
+    if c.backbone != "vit" or c.fusion != "router" or c.tasks != ("semantic",) or model.prototype_memory is not None:
         return False
     return all(not p.any() for name, p in model.image_encoder.named_parameters() if "lora_b" in name)
 
@@ -259,12 +277,32 @@ def _prepare_batch(batch: dict, config: TrainConfig, runtime: _Runtime, step: in
         mask[:, MODALITY_INDEX["rgb"]] = 1.0
     elif config.modality_dropout > 0:
         mask = modality_dropout(mask, generator, config.modality_dropout)
+    depth = batch.get("depth")
     if config.augment:
-        images, label = augment(images, mask, label, generator)
+        images, label, depth = augment(images, mask, label, generator, depth=depth)
     images = images * mask[:, :, None, None, None]
+    if config.depth_holes > 0 and depth is not None:
+        images = _with_depth_holes(images, mask, depth, config, runtime.rank, step)
     device = runtime.device
+    depth = depth.to(device, non_blocking=True) if depth is not None else None
     return (images.to(device, non_blocking=True), mask.to(device, non_blocking=True),
-            label.to(device, non_blocking=True))
+            label.to(device, non_blocking=True), depth)
+
+
+def _with_depth_holes(images: torch.Tensor, mask: torch.Tensor, depth: torch.Tensor, config: TrainConfig,
+                      rank: int, step: int) -> torch.Tensor:
+    """Zero the depth slot where a depth camera would have no value (what the encoder gives an
+    invalid pixel), in a `depth_holes` share of the samples that have depth; drawn from (seed,
+    rank, step) like the modality dropout."""
+    from sam_mmseg_ros.data.depth_holes import depth_hole_mask
+
+    rng = np.random.default_rng([config.seed, rank, step, 1])
+    slot = MODALITY_INDEX["depth"]
+    images = images.clone()
+    for i in np.flatnonzero((rng.random(len(images)) < config.depth_holes) & (mask[:, slot] > 0).numpy()):
+        holes = torch.from_numpy(depth_hole_mask(depth[i].numpy(), rng))
+        images[i, slot, :, holes] = 0.0
+    return images
 
 
 def _build_or_load(config: TrainConfig) -> tuple[nn.Module, dict]:
@@ -274,6 +312,10 @@ def _build_or_load(config: TrainConfig) -> tuple[nn.Module, dict]:
 
     if config.resume:
         return load_checkpoint(config.resume, map_location="cpu")
+    if config.init_checkpoint and config.model_overrides:
+        from sam_mmseg_ros.model.checkpoint import init_from_checkpoint
+
+        return init_from_checkpoint(config.init_checkpoint, **config.model_overrides), {}
     if config.init_checkpoint:
         model, _ = load_checkpoint(config.init_checkpoint, map_location="cpu")
         return model, {}
@@ -343,42 +385,51 @@ def data_encodings(config: TrainConfig, dataset: Dataset) -> dict:
 
 
 @torch.no_grad()
-def confusion_matrix(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 4,
-                     amp_dtype: torch.dtype | None = None):
-    """Accumulated `eval.metrics.ConfusionMatrix` of `model` on `dataset`, with every modality
-    the dataset provides."""
-    from sam_mmseg_ros.eval.metrics import ConfusionMatrix
+def score(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 4,
+          amp_dtype: torch.dtype | None = None):
+    """(`eval.metrics.ConfusionMatrix`, `eval.metrics.DepthErrors` or None without the depth task)
+    of `model` on `dataset`, accumulated with every modality the dataset provides."""
+    from sam_mmseg_ros.eval.metrics import ConfusionMatrix, DepthErrors
 
     was_training = model.training
     model.eval()
     matrix = ConfusionMatrix(model.config.num_classes, ignore_index=IGNORE_LABEL)
+    depth = DepthErrors() if "depth" in model.config.tasks else None
     for batch in DataLoader(dataset, batch_size=batch_size):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model.forward_logits(batch["images"].to(device), batch["modality_mask"].to(device))["logits"]
-        matrix.update(logits.argmax(dim=1).cpu().numpy(), batch["label"].numpy())
+            out = model.forward_logits(batch["images"].to(device), batch["modality_mask"].to(device))
+        matrix.update(out["logits"].argmax(dim=1).cpu().numpy(), batch["label"].numpy())
+        if depth is not None:
+            depth.update(out["log_depth"].float().exp().cpu().numpy(), batch["depth"].numpy())
     model.train(was_training)
-    return matrix
+    return matrix, depth
 
 
 def evaluate_miou(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 4,
                   amp_dtype: torch.dtype | None = None) -> dict:
-    """{"miou", "pixel_accuracy"} of `model` on `dataset`."""
-    matrix = confusion_matrix(model, dataset, device, batch_size, amp_dtype)
-    return {"miou": float(matrix.miou()), "pixel_accuracy": float(matrix.pixel_accuracy())}
+    """{"miou", "pixel_accuracy"} of `model` on `dataset`, plus "depth" (DepthErrors.to_dict) for
+    a depth model."""
+    matrix, depth = score(model, dataset, device, batch_size, amp_dtype)
+    result = {"miou": float(matrix.miou()), "pixel_accuracy": float(matrix.pixel_accuracy())}
+    return result if depth is None else {**result, "depth": depth.to_dict()}
 
 
 def _validate(model: nn.Module, dataset: Dataset, config: TrainConfig, runtime: _Runtime,
-              amp_dtype: torch.dtype | None) -> float:
-    """Validation mIoU; under DDP every rank scores its share of the frames and rank 0 merges."""
+              amp_dtype: torch.dtype | None) -> tuple[float, dict | None]:
+    """Validation mIoU and depth errors (or None); under DDP every rank scores its share of the
+    frames and rank 0 merges."""
     shard = Subset(dataset, range(runtime.rank, len(dataset), runtime.world_size))
-    matrix = confusion_matrix(model, shard, runtime.device, config.batch_size, amp_dtype)
+    scores = score(model, shard, runtime.device, config.batch_size, amp_dtype)
     if runtime.distributed:
-        matrices: list = [None] * runtime.world_size
-        dist.all_gather_object(matrices, matrix)
-        for other in matrices[1:]:
-            matrices[0].merge(other)
-        matrix = matrices[0]
-    return float(matrix.miou())
+        gathered: list = [None] * runtime.world_size
+        dist.all_gather_object(gathered, scores)
+        for matrix, depth in gathered[1:]:
+            gathered[0][0].merge(matrix)
+            if depth is not None:
+                gathered[0][1].merge(depth)
+        scores = gathered[0]
+    matrix, depth = scores
+    return float(matrix.miou()), (depth.to_dict() if depth is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +439,7 @@ def _validate(model: nn.Module, dataset: Dataset, config: TrainConfig, runtime: 
 def train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None = None) -> dict:
     """Train per `config` and return {"step", "losses" (this process's, one per step run),
     "model" (trained, unwrapped), "checkpoint" (final, rank 0), "val_miou" (rank 0, when
-    val_dataset is given)}."""
+    val_dataset is given) and "val_depth" (DepthErrors.to_dict, also, for a depth model)}."""
     config = replace(config, encodings=data_encodings(config, dataset))
     runtime = _start_runtime(config.device)
     try:
@@ -436,7 +487,9 @@ def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, r
     class_weights = _class_weights(dataset, config)
     if class_weights is not None and runtime.is_main:
         log.info("class-balanced OHEM, weights %s", [round(float(w), 2) for w in class_weights])
-    criterion = SegmentationLoss(aux_weight=config.aux_weight, thresh=config.ohem_thresh, class_weights=class_weights)
+    criterion = SegmentationLoss(aux_weight=config.aux_weight, thresh=config.ohem_thresh, class_weights=class_weights,
+                                 prototypes=model.prototype_memory, prototype_weight=model.config.prototype_weight)
+    depth_criterion = LogDepthL1() if "depth" in model.config.tasks else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     metrics = (out_dir / METRICS_LOG).open("a") if runtime.is_main else None
     progress = tqdm(total=config.steps, initial=start_step, desc="train", dynamic_ncols=True,
@@ -447,10 +500,16 @@ def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, r
     try:
         batches = _batches(dataset, config, runtime, start_step) if start_step < config.steps else iter(())
         for batch in batches:
-            images, mask, label = _prepare_batch(batch, config, runtime, step)
+            images, mask, label, depth = _prepare_batch(batch, config, runtime, step)
             with torch.autocast(runtime.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = wrapped(images, mask)
             parts = criterion(outputs, label)
+            if depth_criterion is not None:
+                if depth is None:
+                    raise ValueError("the model has the depth task but the dataset gives no depth")
+                parts["depth"] = depth_criterion(outputs["log_depth"], depth)
+                parts["loss"] = parts["loss"] + config.depth_weight * parts["depth"]
+                parts["depth"] = parts["depth"].detach()
             scaler.scale(parts["loss"]).backward()
             scaler.unscale_(optimizer)
             grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
@@ -468,14 +527,15 @@ def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, r
             progress.update(1)
             progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             if step % config.log_every == 0 or step == config.steps:
-                reduced = torch.stack([parts["loss"].detach(), parts["main"], parts["aux"]]).float()
+                names = ["loss", "main", "aux"] + (["depth"] if "depth" in parts else [])
+                reduced = torch.stack([parts[n].detach() for n in names]).float()
                 if runtime.distributed:
                     dist.all_reduce(reduced)
                     reduced /= runtime.world_size
                 if metrics is not None:
-                    record = {"step": step, "loss": reduced[0].item(), "loss_main": reduced[1].item(),
-                              "loss_aux": reduced[2].item(), "lr": lr, "grad_norm": float(grad_norm),
-                              "time": round(time.monotonic() - started, 3)}
+                    record = {"step": step, **{"loss" if n == "loss" else f"loss_{n}": v.item()
+                                               for n, v in zip(names, reduced, strict=True)},
+                              "lr": lr, "grad_norm": float(grad_norm), "time": round(time.monotonic() - started, 3)}
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
             if step % config.checkpoint_every == 0 or step == config.steps:
@@ -496,12 +556,16 @@ def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, r
             shutil.copyfile(last, final)
         result["checkpoint"] = str(final)
     if val_dataset is not None:
-        miou = _validate(model, val_dataset, config, runtime, amp_dtype)
+        miou, depth = _validate(model, val_dataset, config, runtime, amp_dtype)
         if runtime.is_main:
             result["val_miou"] = miou
             log.info("validation mIoU after %d steps: %.4f", step, miou)
+            record = {"step": step, "val_miou": miou}
+            if depth is not None:
+                result["val_depth"] = record["val_depth"] = depth
+                log.info("validation depth: %s", depth)
             with (out_dir / METRICS_LOG).open("a") as f:
-                f.write(json.dumps({"step": step, "val_miou": miou}) + "\n")
+                f.write(json.dumps(record) + "\n")
     if runtime.distributed:
         dist.barrier()
     return result
@@ -541,6 +605,19 @@ PRESETS: dict[str, Preset] = {
         ),
         dataset={"dataset": "synthetic", "train_frames": 1536, "val_frames": 64, "frames_per_sequence": 4,
                  "render_sizes": [[256, 256], [240, 320], [180, 320]]},
+    ),
+    "synthetic-tiny-talora": Preset(
+        description="semantic labels and dense metric depth from one model: the shipped model's "
+                    "encoder and experts with task-aware (TA-LoRA) adapters and a depth decoder, both "
+                    "tasks trained together with modality dropout (`--adapters experts --tasks "
+                    "semantic` trains the single-task model with the same budget); the depth camera's input "
+                    "gets holes in half the samples, so the model learns to fill them",
+        base={"model": "tiny", "img_size": 128, "batch_size": 8, "warmup_steps": 50,
+              "init_checkpoint": str(DEFAULT_CHECKPOINT),
+              "model_overrides": {"adapters": "ta_lora", "tasks": ["semantic", "depth"]}},
+        stages=(Stage("tasks", {"steps": 600, "lr": 5e-4, "train_encoder": False, "train_experts": True,
+                                "rgb_only": False, "modality_dropout": 0.3, "depth_holes": 0.5}),),
+        dataset={"dataset": "synthetic", "train_frames": 1024, "val_frames": 64},
     ),
 }
 
@@ -597,13 +674,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-frames", type=int, help="synthetic: number of validation frames (0: none)")
     parser.add_argument("--data-cache", metavar="DIR",
                         help="synthetic: keep the encoded frames in DIR (.npz), so later runs do not render again")
-    parser.add_argument("--model", help="model config name: tiny, vit_b, vit_l, vit_h")
-    parser.add_argument("--img-size", type=int, help="square model input size (multiple of 16)")
-    parser.add_argument("--sam-checkpoint", help="official SAM checkpoint (.pth) for the image encoder")
+    parser.add_argument("--model", help="model config name: " + ", ".join(MODEL_CONFIGS)
+                        + " (SAM ViT; MoE-LoRA on SAM2 Hiera; MemorySAM; CPU-sized ones)")
+    parser.add_argument("--img-size", type=int, help="square model input size (multiple of 16; 32 for hiera and memorysam)")
+    parser.add_argument("--sam-checkpoint", help="official SAM (.pth, vit models) or SAM2/SAM2.1 (.pt, hiera and "
+                                                 "memorysam models) checkpoint for the image encoder and SAM's parts")
     parser.add_argument("--init-checkpoint", help="start from the weights of one of our checkpoints")
     parser.add_argument("--steps", type=int, help="optimizer steps (with --preset: of every stage)")
     parser.add_argument("--batch-size", type=int, help="per process")
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--adapters", choices=ADAPTERS, help="encoder adapters: experts (one LoRA per modality) "
+                        "or ta_lora (experts with task-shared and task-specific factors, one path per task)")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, help="what the model predicts (semantic first)")
+    parser.add_argument("--depth-weight", type=float, help="weight of the depth loss")
+    parser.add_argument("--depth-holes", type=float, metavar="P",
+                        help="probability of punching a depth camera's holes into a sample's depth input")
     parser.add_argument("--modality-dropout", type=float, metavar="P",
                         help="probability of dropping each modality in a sample (never all)")
     parser.add_argument("--train-encoder", action="store_true", default=None,
@@ -628,10 +713,29 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 _CONFIG_ARGS = ("model", "img_size", "sam_checkpoint", "init_checkpoint", "steps", "batch_size", "lr",
                 "modality_dropout", "train_encoder", "amp", "augment", "class_balance", "checkpoint_every",
-                "num_workers", "seed", "device", "out_dir", "progress")
+                "num_workers", "seed", "device", "out_dir", "progress", "depth_weight", "depth_holes")
+_MODEL_ARGS = ("adapters", "tasks")
+"""Options that are ModelConfig fields (TrainConfig.model_overrides)."""
 
 
-def _datasets(kind: str, args: argparse.Namespace, img_size: int, data: dict) -> tuple[Dataset, Dataset | None]:
+def _has_depth_task(overrides: dict, preset: Preset | None) -> bool:
+    """Whether the model being trained predicts depth (so DELIVER must read its depth folder)."""
+    from sam_mmseg_ros.model import MODEL_CONFIGS
+
+    base = {**(preset.base if preset else {}), **overrides}
+    model_overrides = base.get("model_overrides", {})
+    if "tasks" in model_overrides:
+        return "depth" in model_overrides["tasks"]
+    if base.get("init_checkpoint"):
+        from sam_mmseg_ros.model.checkpoint import load_checkpoint
+
+        return "depth" in load_checkpoint(base["init_checkpoint"])[0].config.tasks
+    name = base.get("model", TrainConfig.model)
+    return name in MODEL_CONFIGS and "depth" in MODEL_CONFIGS[name].tasks
+
+
+def _datasets(kind: str, args: argparse.Namespace, img_size: int, data: dict,
+              depth_target: bool = False) -> tuple[Dataset, Dataset | None]:
     from sam_mmseg_ros.sensors.encodings import PRESETS, live_encodings
 
     size = (img_size, img_size)
@@ -657,19 +761,26 @@ def _datasets(kind: str, args: argparse.Namespace, img_size: int, data: dict) ->
     if not args.data_root:
         raise SystemExit("--dataset deliver needs --data-root")
     encodings = args.encodings or "deliver"
-    return (DeliverDataset(args.data_root, "train", args.conditions, size, cases=args.cases, encodings=encodings),
-            DeliverDataset(args.data_root, "val", args.conditions, size, cases=args.cases, encodings=encodings))
+    return (DeliverDataset(args.data_root, "train", args.conditions, size, cases=args.cases, encodings=encodings,
+                           depth_target=depth_target),
+            DeliverDataset(args.data_root, "val", args.conditions, size, cases=args.cases, encodings=encodings,
+                           depth_target=depth_target))
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in _CONFIG_ARGS if getattr(args, name, None) is not None}
     preset = PRESETS[args.preset] if args.preset else None
+    model_overrides = {name: getattr(args, name) for name in _MODEL_ARGS if getattr(args, name, None) is not None}
+    if model_overrides:
+        overrides["model_overrides"] = {**(preset.base.get("model_overrides", {}) if preset else {}),
+                                        **model_overrides}
     kind = args.dataset or (preset.dataset["dataset"] if preset else "deliver")
     img_size = overrides.get("img_size") or (preset.base.get("img_size") if preset else TrainConfig.img_size)
     from sam_mmseg_ros.sensors.encodings import EncodingError
 
     try:
-        train_set, val_set = _datasets(kind, args, img_size, preset.dataset if preset else {})
+        train_set, val_set = _datasets(kind, args, img_size, preset.dataset if preset else {},
+                                       depth_target=_has_depth_task(overrides, preset))
     except EncodingError as exc:
         log.error("%s", exc)
         return 2

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from sam_mmseg_ros.cli import main as cli_main
-from sam_mmseg_ros.contracts import BAG_TOPICS, CAMERA_RECORD_DELAY_NS, CONDITION_TOPIC, GROUND_TRUTH_TOPIC
-from sam_mmseg_ros.data.bags import (
-    TF_STATIC_TOPIC,
-    bag_image_encodings,
-    bag_topics,
-    read_bag,
-    read_raw,
-    write_bag,
+from sam_mmseg_ros.contracts import (
+    BAG_TOPICS,
+    CAMERA_RECORD_DELAY_NS,
+    CONDITION_TOPIC,
+    GROUND_TRUTH_DEPTH_TOPIC,
+    GROUND_TRUTH_TOPIC,
 )
+from sam_mmseg_ros.data.bag_reader import bag_topics
+from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, bag_image_encodings, read_bag, read_raw, write_bag
 from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
 from sam_mmseg_ros.decoders.camera_info import camera_info_to_model
 from sam_mmseg_ros.decoders.common import stamp_to_ns
@@ -36,7 +36,7 @@ def frames():
 def test_round_trip_equals_frames(tmp_path, frames, storage):
     bag = tmp_path / "bag"
     count = write_bag(frames, bag, storage)
-    assert count == 1 + 7 * len(frames)
+    assert count == 1 + 8 * len(frames)
     assert (bag / "metadata.yaml").is_file()
     messages = list(read_bag(bag))
     assert len(messages) == count
@@ -65,6 +65,10 @@ def test_round_trip_equals_frames(tmp_path, frames, storage):
         assert depth.encoding == "32FC1" and np.array_equal(depth.array, frame.depth)
         labels = image_to_numpy(by_topic[GROUND_TRUTH_TOPIC][i][2])
         assert labels.encoding == "mono8" and np.array_equal(labels.array, frame.labels)
+        truth_stamp, _, truth_msg = by_topic[GROUND_TRUTH_DEPTH_TOPIC][i]
+        truth = image_to_numpy(truth_msg)
+        assert truth.encoding == "32FC1" and truth_stamp == rgb[0]  # recorded with the labels
+        np.testing.assert_array_equal(truth.array, np.where(frame.depth > 0, frame.depth, np.nan))
         camera = camera_info_to_model(by_topic[BAG_TOPICS["camera_info"]][i][2])
         assert np.array_equal(camera.K, frame.camera.K) and camera.frame_id == frame.camera.frame_id
         cloud = pointcloud2_to_cloud(by_topic[BAG_TOPICS["lidar"]][i][2])
@@ -90,10 +94,20 @@ def test_make_bag_cli(tmp_path):
                    "--failures", "low_res_events", "--storage", "sqlite3"])
     assert rc == 0
     messages = list(read_bag(out))
-    assert len(messages) == 1 + 2 * 2 * 7  # per frame: 5 sensor topics, ground truth, condition
+    assert len(messages) == 1 + 2 * 2 * 8  # per frame: 5 sensor topics, labels and depth truth, condition
     stamps = [s for topic, s, _, _ in messages if topic == BAG_TOPICS["rgb"]]
     assert stamps == sorted(stamps) and len(set(stamps)) == 4  # the two sequences follow each other
     assert cli_main(["make-bag", str(out), "--frames", "1"]) == 1  # never overwrites
+
+    holed = tmp_path / "holed_bag"
+    assert cli_main(["make-bag", str(holed), "--frames", "2", "--size", "48x32", "--depth-holes"]) == 0
+    by_topic = {}
+    for topic, _, _, msg in read_bag(holed):
+        by_topic.setdefault(topic, []).append(image_to_numpy(msg).array if "depth" in topic else None)
+    for sensor, truth in zip(by_topic[BAG_TOPICS["depth"]], by_topic[GROUND_TRUTH_DEPTH_TOPIC], strict=True):
+        known = np.isfinite(truth)
+        assert known.any() and (known & (sensor == 0)).any()  # the depth camera lost pixels the truth has
+        np.testing.assert_array_equal(sensor[sensor > 0], truth[sensor > 0])
 
 
 def test_make_bag_from_deliver(tmp_path):
@@ -105,7 +119,7 @@ def test_make_bag_from_deliver(tmp_path):
     assert cli_main(["make-bag", str(out), "--deliver", str(root), "--split", "val",
                      "--conditions", "fog,night"]) == 0
     messages = list(read_bag(out))
-    assert len(messages) == 2 * 2 * 7  # per condition a normal and an eventlowres frame
+    assert len(messages) == 2 * 2 * 8  # per condition a normal and an eventlowres frame, with depth truth
     topics = {topic: msgtype for topic, _, msgtype, _ in messages}
     assert topics[BAG_TOPICS["lidar"]] == "sensor_msgs/msg/Image"  # DELIVER has only renderings
     first = {topic: msg for topic, _, _, msg in reversed(messages)}
@@ -121,6 +135,9 @@ def test_make_bag_from_deliver(tmp_path):
                      "--deliver-hha"]) == 0
     depth = next(m for t, _, _, m in read_bag(hha_bag) if t == BAG_TOPICS["depth"])
     assert depth.encoding == "rgb8" and bag_image_encodings(hha_bag)["depth"] == "deliver-hha-v1"
+    assert GROUND_TRUTH_DEPTH_TOPIC not in {t for t, _, _, _ in read_bag(hha_bag)}  # no metric depth read
+    depth = next(image_to_numpy(m).array for t, _, _, m in messages if t == GROUND_TRUTH_DEPTH_TOPIC)
+    assert depth.shape == (32, 48) and np.isnan(depth[0]).all() and np.nanmin(depth) > 4.4  # far plane: NaN
 
 
 SUBSCRIBER = textwrap.dedent("""

@@ -134,7 +134,7 @@ def test_image_accepts_array_array_and_ndarray_buffers():
     [
         (dict(data=b"\0" * (5 * 21 - 1)), "truncated"),
         (dict(step=20), "smaller than width"),
-        (dict(encoding="yuv422_yuy2"), "unsupported image encoding"),
+        (dict(encoding="yuv420"), "unsupported image encoding"),
         (dict(width=0, step=0, data=b""), "zero size"),
         (dict(encoding="rgb16"), "smaller than width"),  # 7 px x 6 bytes do not fit a 21-byte step
     ],
@@ -327,9 +327,14 @@ def test_camera_info_decodes_and_rejects_bad_calibration():
                           distortion_model="plumb_bob", d=[0.1, -0.05, 0, 0, 0], k=k, p=[0.0] * 12)
     camera = camera_info_to_model(msg)
     assert (camera.fx, camera.cy, camera.frame_id) == (500.0, 240.0, "cam_optical")
-    for bad in (dict(k=[0.0] * 9), dict(width=0), dict(distortion_model="fisheye"), dict(k=[1.0] * 4)):
+    for bad in (dict(k=[0.0] * 9), dict(width=0), dict(k=[1.0] * 4)):
         with pytest.raises(InputError):
             camera_info_to_model(SimpleNamespace(**{**vars(msg), **bad}))
+    with pytest.raises(InputError, match="unsupported distortion model 'double_sphere'"):
+        camera_info_to_model(SimpleNamespace(**{**vars(msg), "distortion_model": "double_sphere"}))
+    fisheye = camera_info_to_model(SimpleNamespace(**{**vars(msg), "distortion_model": "equidistant",
+                                                      "d": [0.02, -0.01, 0.003, -0.001]}))
+    assert fisheye.is_fisheye and fisheye.D.tolist() == [0.02, -0.01, 0.003, -0.001]
 
 
 # ------------------------------------------------------------------------------- builders (rclpy)

@@ -2,6 +2,7 @@
 with the TensorRT version, GPU name and compute capability injected."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -18,7 +19,7 @@ from sam_mmseg_ros.engine.engine_cache import (
     timing_cache_path,
 )
 
-KEY = EngineKey("a" * 64, "10.13.0.35", "NVIDIA A100-SXM4-40GB", (8, 0), "fp16")
+KEY = EngineKey("a" * 64, "10.13.0.35", "NVIDIA A100-SXM4-40GB", (8, 0), "fp16", 108, 40)
 ENGINE = b"\x00engine bytes\xff" * 100
 
 
@@ -38,9 +39,20 @@ def test_key_round_trips_and_digest_depends_on_every_field():
         EngineKey(KEY.onnx_sha256, KEY.tensorrt_version, KEY.gpu_name, (8, 7), KEY.precision),
         EngineKey(KEY.onnx_sha256, KEY.tensorrt_version, KEY.gpu_name, KEY.compute_capability, "fp32"),
     ]
+    variants = [replace(v, sm_count=KEY.sm_count, total_memory_gib=KEY.total_memory_gib) for v in variants]
+    variants += [replace(KEY, sm_count=16), replace(KEY, total_memory_gib=80)]
     digests = {KEY.digest()} | {v.digest() for v in variants}
-    assert len(digests) == 6
-    assert [len(KEY.differences(v)) for v in variants] == [1] * 5
+    assert len(digests) == 8
+    assert [len(KEY.differences(v)) for v in variants] == [1] * 7
+
+
+def test_records_from_before_sm_count_and_memory_were_keyed_are_rebuilt(stored):
+    record = json.loads(sidecar_path(stored).read_text())
+    for field in ("sm_count", "total_memory_gib"):
+        del record["key"][field]
+    sidecar_path(stored).write_text(json.dumps(record))
+    check = check_engine(stored, KEY)
+    assert not check.valid and "sm_count: None -> 108" in check.reason
 
 
 def test_store_writes_engine_and_record_beside_it(stored):
@@ -118,9 +130,10 @@ def test_default_paths_name_the_setup_and_separate_keys(tmp_path):
     assert path.name.startswith("sam_tiny-fp16-nvidia-a100-sxm4-40gb-sm80-trt10-13-0-35-")
     other = EngineKey.from_dict({**KEY.to_dict(), "gpu_name": "Orin"})
     assert default_engine_path(tmp_path, "/models/sam_tiny.onnx", other) != path
-    timing = timing_cache_path(tmp_path, KEY.tensorrt_version, KEY.gpu_name, KEY.compute_capability)
-    assert timing.parent == tmp_path / "timing" and "sm80" in timing.name
-    assert timing != timing_cache_path(tmp_path, "11.0", KEY.gpu_name, KEY.compute_capability)
+    timing = timing_cache_path(tmp_path, KEY)
+    assert timing.parent == tmp_path / "timing" and "sm80-108sms" in timing.name
+    assert timing != timing_cache_path(tmp_path, replace(KEY, tensorrt_version="11.0"))
+    assert timing != timing_cache_path(tmp_path, replace(KEY, sm_count=54))
 
 
 def test_file_sha256_matches_hashlib(tmp_path):

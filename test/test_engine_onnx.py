@@ -12,28 +12,34 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from onnx_fixtures import contract_inputs
 
 from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS, InputError
 from sam_mmseg_ros.engine import BackendUnavailable, create_backend
 from sam_mmseg_ros.engine import export as export_module
 from sam_mmseg_ros.engine.engine_cache import file_sha256
 from sam_mmseg_ros.engine.export import FP32_OPS, cached_export, convert_to_fp16, read_metadata
+from sam_mmseg_ros.engine.onnx_check import OnnxFileError
 from sam_mmseg_ros.engine.onnxruntime_backend import (
     OnnxRuntimeBackend,
     ProviderUnavailable,
-    SessionError,
     available_devices,
 )
 from sam_mmseg_ros.engine.torch_backend import TorchBackend
 from sam_mmseg_ros.model import build_model
 
 SIZE = 64
+GLOBAL_TOKENS = (SIZE // 16) ** 2
+CHUNK_BYTES = 4096
+"""Attention score budget for the export here: the global block's [4 modalities, 4 heads, 16, 16]
+fp32 scores (16 KiB) run as 4 query chunks of 4 rows, as vit_b's do at 1024x1024."""
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny model saved as a checkpoint, exported through `sam-mmseg export` (fp32 and fp16)."""
     from sam_mmseg_ros import cli
+    from sam_mmseg_ros.model import image_encoder
     from sam_mmseg_ros.model.checkpoint import save_checkpoint
 
     folder = tmp_path_factory.mktemp("export")
@@ -42,22 +48,20 @@ def exported(tmp_path_factory):
         # `tiny`, shortened to keep the export fast: windowed and global attention, decoder; the
         # per-token router and learned mean term of the shipped model.
         model = build_model("tiny", img_size=SIZE, depth=2, global_attn_indexes=(1,), aux_block_indexes=(0, 1),
-                            decoder_depth=1, router="spatial", fusion_mean="learned")
+                            window_size=2, decoder_depth=1, router="spatial", fusion_mean="learned")
     checkpoint = folder / "tiny.pt"
     save_checkpoint(checkpoint, model, trained=False)
     fp32 = folder / "tiny_fp32.onnx"
-    assert cli.main(["export", "--checkpoint", str(checkpoint), "-o", str(fp32)]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(image_encoder, "ATTENTION_CHUNK_BYTES", CHUNK_BYTES)
+        assert cli.main(["export", "--checkpoint", str(checkpoint), "-o", str(fp32)]) == 0
     fp16 = export_module.convert_file_to_fp16(fp32, folder / "tiny_fp16.onnx")
     return SimpleNamespace(checkpoint=checkpoint, fp32=fp32, fp16=fp16,
                            torch=TorchBackend.from_checkpoint(checkpoint, "cpu"))
 
 
 def _inputs(seed: int, mask: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = rng.normal(0.0, 1.0, (1, 4, 3, SIZE, SIZE)).astype(np.float32)
-    modality_mask = np.array([mask], np.float32)
-    images[:, modality_mask[0] == 0] = 0.0  # absent slots hold zeros (contract)
-    return images, modality_mask
+    return contract_inputs(seed, mask, SIZE)
 
 
 CASES = [(0, [1, 1, 1, 1]), (1, [1, 0, 1, 0]), (2, [0, 1, 0, 0])]
@@ -93,6 +97,44 @@ def test_export_is_a_static_contract_graph(exported):
     assert not ops & {"Shape", "If", "Loop"}  # nothing left to compute at run time about shapes
 
 
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+
+
+def test_exported_attention_is_plain_attention_in_query_chunks(exported):
+    """Every attention is MatMul(Q, K^T) -> Softmax -> MatMul(., V) with one head size for Q, K and
+    V (what fused GPU kernels take), and global attention runs in query chunks whose scores stay
+    within the budget: no [tokens x tokens] tensor of the whole attention exists."""
+    model = onnx.load(str(exported.fp32))
+    shapes = _shapes(model)
+    producer = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    attentions = global_chunks = 0
+    for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
+        scores, mixes = producer[softmax.input[0]], consumers[softmax.output[0]]
+        if scores.op_type != "MatMul":  # the router's and the class softmax
+            continue
+        assert [m.op_type for m in mixes] == ["MatMul"], softmax.name
+        attentions += 1
+        q, k_t, v = shapes[scores.input[0]], shapes[scores.input[1]], shapes[mixes[0].input[1]]
+        assert q[-1] == k_t[-2] == v[-1], f"{softmax.name}: head sizes Q {q[-1]}, K {k_t[-2]}, V {v[-1]}"
+        score_shape = shapes[softmax.output[0]]
+        if score_shape[0] > 1:  # the encoder's (decoder attention between 25 class tokens and the grid is small)
+            assert 4 * int(np.prod(score_shape)) <= CHUNK_BYTES, (softmax.name, score_shape)
+        if score_shape[-1] == GLOBAL_TOKENS and score_shape[0] == 4:  # encoder global block
+            assert score_shape[-2] == 4
+            global_chunks += 1
+    assert global_chunks == GLOBAL_TOKENS // 4
+    assert attentions == 1 + global_chunks + 4  # windowed block, global chunks, decoder (depth 1)
+    largest = export_module.largest_intermediates(model, count=1)[0]
+    assert largest[2] == 4 * 25 * SIZE * SIZE and largest[1] == "Resize"  # the upsampled class logits
+
+
 def test_metadata_lets_a_node_configure_itself(exported):
     meta = read_metadata(exported.fp32)
     reference = exported.torch.metadata
@@ -123,6 +165,22 @@ def test_fp16_graph_carries_its_precision(exported):
     assert {"MatMul", "Conv"} <= halved
     assert all(v.type.tensor_type.elem_type != TensorProto.FLOAT16 for v in list(model.graph.input) + list(model.graph.output))
     assert exported.fp16.stat().st_size < 0.6 * exported.fp32.stat().st_size
+
+
+def test_fp16_graph_computes_nothing_fragile_in_fp16(exported):
+    """LayerNorm2d is one LayerNormalization (kept fp32 whole), the decoder's sin/cos positional
+    encoding is a constant, and an all-absent input gives zero router weights, not 0/0 = NaN
+    (the graph cannot raise; the backends refuse such input before it gets there)."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(exported.fp16))
+    ops = {n.op_type for n in model.graph.node}
+    assert not ops & {"Sin", "Cos", "Sqrt", "Pow"}, ops
+    session = ort.InferenceSession(str(exported.fp16), providers=["CPUExecutionProvider"])
+    images, _ = _inputs(0, [0, 0, 0, 0])
+    labels, confidence, weights = session.run(list(ENGINE_OUTPUTS), {"images": images,
+                                                                      "modality_mask": np.zeros((1, 4), np.float32)})
+    assert np.array_equal(weights, np.zeros((1, 4), np.float32)) and np.isfinite(confidence).all()
 
 
 def test_fp16_conversion_leaves_fixed_float_inputs_alone():
@@ -209,7 +267,7 @@ def test_gpu_provider_request_fails_clearly_without_one(exported):
 def test_broken_onnx_file_gives_a_clear_error(tmp_path):
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"\x08\x07 this is not a protobuf")
-    with pytest.raises(SessionError, match="could not load"):
+    with pytest.raises(OnnxFileError, match="not a readable ONNX model"):
         OnnxRuntimeBackend(path, "cpu")
 
 
@@ -292,7 +350,7 @@ def test_checkpoint_exports_once_into_the_cache(exported, tmp_path, monkeypatch)
     """Export is keyed by the checkpoint's content; fp16 is derived from the cached fp32 file."""
     calls = []
 
-    def fake_export(checkpoint, output, *, precision, input_size=None, opset=None):
+    def fake_export(checkpoint, output, *, precision, input_size=None, opset=None, tasks=None):
         calls.append((checkpoint, precision))
         output.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(exported.fp32, output)

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from sam_mmseg_ros.contracts import BAG_TOPICS, CONDITION_TOPIC, HEALTH_STATES, MODALITIES
 from sam_mmseg_ros.data.bags import read_bag, write_bag
@@ -18,6 +17,8 @@ from sam_mmseg_ros.labels import NUM_CLASSES
 from sam_mmseg_ros.node_settings import NodeSettings
 from sam_mmseg_ros.sensors.encodings import DELIVER, EncodingError
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 CONDITIONS = ("sun", "night")
 FRAMES_PER_CONDITION = 2
 QUICK = {FULL: SUBSETS[FULL], "without lidar": SUBSETS["without lidar"]}
@@ -25,12 +26,6 @@ OUTAGE = {1: ("lidar",), 2: ("lidar",), 3: ("lidar",)}  # the LiDAR stops after 
 OVERRIDES = {"event_sensor_size": [64, 48]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +163,116 @@ def test_feeder_marks_an_undecodable_message_invalid_and_keeps_going(bag, backen
     assert "truncated" in node.feeder.problems.current["depth"]
     assert len(results) == len(CONDITIONS) * FRAMES_PER_CONDITION
     assert all(r.health["depth"].state == "invalid" and r.health["rgb"].state == "ok" for r in results)
+
+
+@pytest.fixture(scope="module")
+def depth_backend():
+    """An untrained multi-task model: the plumbing of depth scoring, not its quality."""
+    import torch
+
+    from sam_mmseg_ros.engine.torch_backend import TorchBackend
+    from sam_mmseg_ros.model import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("tiny_talora", img_size=64, depth=2, global_attn_indexes=(1,),
+                            aux_block_indexes=(0, 1), decoder_depth=1)
+    return TorchBackend(model, "cpu", "fp32")
+
+
+@pytest.fixture(scope="module")
+def holed_bag(tmp_path_factory):
+    """Two frames whose depth camera lost a 16x16 block (the ground truth keeps it)."""
+    from dataclasses import replace
+
+    path = tmp_path_factory.mktemp("eval_holes") / "bag"
+    frames = []
+    for frame in generate_sequence(SequenceConfig(width=64, height=48, num_frames=2, condition="fog", seed=5)):
+        holed = frame.depth.copy()
+        holed[24:40, 8:24] = 0.0
+        frames.append(replace(frame, depth=holed, depth_true=frame.depth))
+    write_bag(frames, path)
+    return path
+
+
+def test_depth_is_scored_per_subset_and_condition_and_in_the_sensors_holes(holed_bag, depth_backend, backend,
+                                                                           tmp_path):
+    from sam_mmseg_ros.eval.metrics import DepthErrors
+    from sam_mmseg_ros.eval.offline import read_ground_truth
+
+    subsets = {FULL: SUBSETS[FULL], "without depth": SUBSETS["without depth"]}
+    result = evaluate_bag(holed_bag, depth_backend, overrides=OVERRIDES, subsets=subsets, progress=False)
+    assert set(result.depth) == set(subsets) and set(result.depth_per_condition[FULL]) == {"fog"}
+    assert set(result.depth_holes) == set(subsets)  # without the sensor: the same pixels, for comparison
+    assert result.depth_holes["without depth"].count + result.depth_holes["without depth"].missing == \
+        result.depth_holes[FULL].count + result.depth_holes[FULL].missing
+    truth = read_ground_truth(holed_bag)[2]
+    assert len(truth) == 2 and all(t.shape == (48, 64) for t in truth.values())
+    scored = sum(int(np.count_nonzero(np.isfinite(t) & (t <= 80))) for t in truth.values())
+    full = result.depth[FULL]
+    assert full.count + full.missing == scored and full.count > 0.5 * scored  # NaN only where labels say sky
+    holes = result.depth_holes[FULL]
+    assert 0 < holes.count + holes.missing <= 2 * 16 * 16
+    assert isinstance(result.depth["without depth"], DepthErrors)
+
+    summary = write_report(result, tmp_path, title="depth", with_figures=False)
+    assert summary["depth"][FULL]["pixels"] == full.count and summary["depth_in_sensor_holes"][FULL]["pixels"]
+    assert summary["depth_per_condition"]["without depth"]["fog"]["abs_rel"] > 0
+    report = (tmp_path / "report.md").read_text()
+    assert "Depth by modality subset" in report and "hole filling" in report and "without depth" in report
+
+    plain = evaluate_bag(holed_bag, backend, overrides=OVERRIDES, subsets={}, progress=False)
+    assert not plain.depth and write_report(plain, tmp_path / "plain", with_figures=False)["depth"] == {}
+    assert "Depth by" not in (tmp_path / "plain" / "report.md").read_text()  # no depth task, no depth section
+
+
+def test_deliver_eval_scores_depth(tmp_path, depth_backend):
+    from sam_mmseg_ros.data.deliver import write_deliver_fixture
+    from sam_mmseg_ros.engine.torch_backend import TorchBackend
+
+    root = write_deliver_fixture(tmp_path / "DELIVER", frames_per_condition=1, size=(64, 64), splits=("test",),
+                                 conditions=CONDITIONS)
+    deliver = TorchBackend(depth_backend.model, "cpu", metadata={"encodings": DELIVER, "checkpoint": "deliver.pt"})
+    result = evaluate_deliver(root, deliver, split="test", subsets={"RGB": SUBSETS["RGB"]}, progress=False)
+    assert set(result.depth) == {FULL, "RGB"} and result.depth[FULL].count > 0
+
+
+def test_comparison_tables_from_metrics_files(tmp_path, capsys):
+    from sam_mmseg_ros.eval.report import main as compare
+
+    depth = {"abs_rel": 0.1, "rmse_m": 5.0, "delta1": 0.9, "pixels": 10, "missing_predictions": 0, "max_depth_m": 80.0}
+    multi = {"miou": {FULL: 40.0, "RGB": 35.0}, "miou_per_condition": {FULL: {"fog": 38.0, "sun": 42.0}},
+             "depth": {FULL: depth, "RGB": {**depth, "abs_rel": 0.2}},
+             "depth_per_condition": {FULL: {"fog": depth, "sun": depth}}, "depth_in_sensor_holes": {FULL: depth}}
+    single = {"miou": {FULL: 40.5, "RGB": None}, "miou_per_condition": {FULL: {"fog": 39.0, "sun": 42.0}},
+              "depth": {}, "depth_per_condition": {}, "depth_in_sensor_holes": {}}
+    paths = []
+    for name, summary in (("multi", multi), ("single", single)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(summary))
+    assert compare([f"multi-task={paths[0]}", f"single-task={paths[1]}"]) == 0
+    out = capsys.readouterr().out
+    assert f"| {FULL} | 40.0 | 40.5 | -0.5 |" in out and "| RGB | 35.0 | n/a | n/a |" in out
+    assert "| single-task | 39.0 | 42.0 |" in out
+    assert "#### multi-task: depth" in out and "#### single-task: depth" not in out
+    assert "| RGB | 0.200 | 5.00 | 90.0 | 10 |" in out and "0.100 · 5.0 m · 90 %" in out and "hole filling" in out
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_eval_scores_the_backend_at_the_node_precision(tmp_path, monkeypatch, precision):
+    """`eval --backend tensorrt` builds the engine the node runs, not an fp32 one of its own."""
+    import sam_mmseg_ros.engine as engine
+    from sam_mmseg_ros import cli
+
+    asked = {}
+
+    def stop_here(kind, **options):
+        asked.update(options, kind=kind)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(engine, "create_backend", stop_here)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"/**:\n  ros__parameters:\n    precision: {precision}\n    use_cuda_graph: true\n")
+    with pytest.raises(SystemExit):
+        cli.main(["eval", str(tmp_path), "--backend", "tensorrt", "--params-file", str(params)])
+    assert asked["kind"] == "tensorrt" and asked["precision"] == precision and asked["use_cuda_graph"] is True

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from sam_mmseg_ros.eval import plots
-from sam_mmseg_ros.eval.metrics import ConfusionMatrix
+from sam_mmseg_ros.eval.metrics import ConfusionMatrix, DepthErrors
 from sam_mmseg_ros.labels import CLASSES, NUM_CLASSES, overlay
 
 GT = np.array([[0, 0, 1], [1, 2, 255]], np.uint8)
@@ -78,3 +78,21 @@ def test_report_figures(tmp_path):
                "lidar": [0.0] * 5 + [0.2] * 55}
     _check_png(plots.plot_health_timeline(times, states, tmp_path / "health.png", router_weights=weights))
     _check_png(plots.plot_health_timeline(times, states, tmp_path / "health_plain.png"))
+
+
+def test_depth_errors_hand_example():
+    gt = np.array([[2.0, 4.0, 10.0], [0.0, np.nan, 100.0]])
+    pred = np.array([[2.0, 5.0, 7.0], [3.0, 3.0, 3.0]])
+    errors = DepthErrors(max_depth_m=80.0).update(pred, gt)  # scored: 2, 4, 10 (0, NaN, > 80 m are not)
+    assert errors.count == 3 and errors.missing == 0
+    assert errors.abs_rel() == pytest.approx((0 + 0.25 + 0.3) / 3)
+    assert errors.rmse() == pytest.approx(np.sqrt((0 + 1 + 9) / 3))
+    assert errors.delta1() == pytest.approx(1 / 3)  # 5 vs 4 is off by exactly 1.25 (not < 1.25), 7 vs 10 by 1.43
+    where = np.array([[False, True, True], [True, True, True]])
+    holes = DepthErrors().update(np.where(where, pred, np.nan), gt, where=where)
+    assert holes.count == 2 and holes.abs_rel() == pytest.approx(0.55 / 2)
+    missing = DepthErrors().update(np.full((2, 3), np.nan), gt)
+    assert missing.count == 0 and missing.missing == 3 and missing.to_dict()["abs_rel"] is None
+    merged = DepthErrors().update(pred[:, :2], gt[:, :2]).merge(DepthErrors().update(pred[:, 2:], gt[:, 2:]))
+    assert merged.to_dict() == errors.to_dict()
+    assert json.loads(json.dumps(errors.to_dict()))["pixels"] == 3

@@ -6,10 +6,12 @@ import pytest
 import torch
 from meta_reference import meta_modeling
 
+from sam_mmseg_ros.model import image_encoder
 from sam_mmseg_ros.model.checkpoint import load_sam_weights
 from sam_mmseg_ros.model.config import MODEL_CONFIGS
 from sam_mmseg_ros.model.image_encoder import (
     ImageEncoderViT,
+    get_rel_pos,
     rel_pos_attention,
     resize_pos_embed,
     resize_rel_pos,
@@ -117,11 +119,36 @@ def test_sample_i_uses_expert_i_mod_m_like_a_per_modality_loop():
     assert (out[:, 0] - out[:, 1]).abs().max().item() > 1e-3
 
 
-def test_fused_attention_equals_the_explicit_form_used_for_export():
+@pytest.mark.parametrize("budget_bytes", [None, 4 * 24 * 10 * 48])
+def test_fused_attention_equals_the_explicit_form_used_for_export(monkeypatch, budget_bytes):
+    """Whole and in query chunks (the second budget gives chunks of 10 of the 48 query rows)."""
+    if budget_bytes is not None:
+        monkeypatch.setattr(image_encoder, "ATTENTION_CHUNK_BYTES", budget_bytes)
+        assert image_encoder.query_chunk_rows(6 * 4, 48) == 10
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(6, 4, 8 * 6, 16, generator=generator) for _ in range(3))
     rel_h, rel_w = torch.randn(15, 16, generator=generator), torch.randn(11, 16, generator=generator)
+    whole = ((q * 0.25) @ k.transpose(-2, -1) + _explicit_bias(q, rel_h, rel_w, (8, 6))).softmax(-1) @ v
     fused = rel_pos_attention(q, k, v, rel_h, rel_w, (8, 6), 0.25, fused=True)
     explicit = rel_pos_attention(q, k, v, rel_h, rel_w, (8, 6), 0.25, fused=False)
-    assert (fused - explicit).abs().max().item() <= 1e-5
+    assert (fused - whole).abs().max().item() <= 1e-5
+    assert (explicit - whole).abs().max().item() <= 1e-5
+
+
+def _explicit_bias(q, rel_pos_h, rel_pos_w, size):
+    """SAM's add_decomposed_rel_pos bias as one [B, heads, N, N] tensor (the reference form)."""
+    batch, heads, tokens, dim = q.shape
+    height, width = size
+    r_q = q.reshape(batch * heads, height, width, dim)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(height, height, rel_pos_h))
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(width, width, rel_pos_w))
+    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(batch, heads, tokens, tokens)
+
+
+def test_query_chunks_keep_scores_within_the_budget():
+    # vit_b at 1024x1024, 4 modalities: 48 (image, head) pairs over 4096 tokens.
+    rows = image_encoder.query_chunk_rows(48, 4096)
+    assert rows % 64 == 0 and 4 * 48 * rows * 4096 <= image_encoder.ATTENTION_CHUNK_BYTES
+    assert image_encoder.query_chunk_rows(48, 256) == 256  # small enough: one chunk
+    assert image_encoder.query_chunk_rows(10**6, 4096) == 1  # never zero rows
 

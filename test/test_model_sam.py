@@ -1,5 +1,5 @@
-"""MoELoRASAM end to end: config registry, forward contract, frozen parts, absent modalities,
-and the decoder's compatibility with SAM's mask decoder."""
+"""MoELoRASAM end to end: config registry, forward contract, frozen parts, absent modalities
+(every composition), and the decoder's compatibility with SAM's mask decoder."""
 
 
 import pytest
@@ -18,9 +18,21 @@ MICRO = dict(img_size=64, embed_dim=32, depth=2, num_heads=2, global_attn_indexe
 MASK = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
 
 
-def _micro(**overrides):
+SAM2_MICRO = dict(img_size=64, depth=4, stages=(1, 1, 1, 1), global_attn_indexes=(0,), out_chans=32,
+                  decoder_heads=2, decoder_mlp_dim=64, lora_rank=2, num_classes=5, memory_layers=1, memory_dim=16,
+                  memory_mlp_dim=32)
+"""The SAM2 compositions (test_model_memorysam.py) at the same scale, for the tests all configs share."""
+ALL_CONFIGS = ["tiny", "tiny_hiera", "tiny_memorysam"]
+
+
+def _micro(name="tiny", **overrides):
     torch.manual_seed(0)
-    return build_model("tiny", **{**MICRO, **overrides}).eval()
+    model = build_model(name, **{**(MICRO if name == "tiny" else SAM2_MICRO), **overrides}).eval()
+    if name != "tiny":
+        with torch.no_grad():  # acting experts (the ViT tests exercise them elsewhere)
+            for p in model.image_encoder.lora_parameters():
+                p.normal_(0.0, 0.1)
+    return model
 
 
 def test_registry_configs_and_overrides():
@@ -56,8 +68,9 @@ def test_forward_follows_the_engine_contract():
     assert torch.allclose(out["router_weights"].sum(dim=1), torch.ones(2))
 
 
-def test_absent_slot_content_never_reaches_the_output():
-    model = _micro()
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_absent_slot_content_never_reaches_the_output(name):
+    model = _micro(name)
     images = torch.randn(2, 4, 3, 64, 64)
     garbage = images.clone()
     garbage[MASK == 0] = torch.randn_like(garbage[MASK == 0]) * 100
@@ -67,9 +80,10 @@ def test_absent_slot_content_never_reaches_the_output():
         assert torch.equal(a[key], b[key]), key
 
 
-def test_all_modalities_absent_is_a_clear_error():
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_all_modalities_absent_is_a_clear_error(name):
     with pytest.raises(ValueError, match="every modality is absent"):
-        _micro()(torch.zeros(2, 4, 3, 64, 64), torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]]))
+        _micro(name)(torch.zeros(2, 4, 3, 64, 64), torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]]))
 
 
 def test_only_experts_router_and_heads_train_by_default():
@@ -145,3 +159,21 @@ def test_two_way_transformer_and_pe_match_meta():
     assert torch.allclose(ours_pe((4, 6)), reference_pe((4, 6)))
     decoder = SemanticMaskDecoder(32, num_classes=7, num_heads=4, mlp_dim=64)
     assert decoder(torch.randn(2, 32, 4, 4), (64, 64)).shape == (2, 7, 64, 64)
+
+
+def test_positional_encoding_is_kept_per_grid_and_forgotten_with_new_weights():
+    """Computed once per grid in fp32 (an export holds it as a constant), never stale."""
+    reference_pe = meta_modeling("prompt_encoder").PositionEmbeddingRandom(16)
+    ours = PositionEmbeddingRandom(16)
+    first = ours((4, 6))
+    assert ours((4, 6)) is first and "dense_pe" not in ours.state_dict()
+    ours.load_state_dict(reference_pe.state_dict())
+    assert torch.allclose(ours((4, 6)), reference_pe((4, 6))) and not torch.allclose(ours((4, 6)), first)
+    assert torch.allclose(ours((3, 3)), reference_pe((3, 3)))
+    model = _micro()
+    model.prepare_export((128, 128))
+    assert model.decoder.pe_layer.dense_pe.shape == (32, 8, 8)  # out_chans 32, 128 px / patch 16
+    multi_task = build_model("tiny_talora", img_size=64, depth=2, global_attn_indexes=(1,), aux_block_indexes=(0, 1))
+    multi_task.prepare_export((64, 64))
+    layers = [m for m in multi_task.modules() if isinstance(m, PositionEmbeddingRandom)]
+    assert len(layers) > 1 and all(layer.dense_pe.shape[1:] == (4, 4) for layer in layers)  # depth decoder too

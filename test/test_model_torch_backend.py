@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sam_mmseg_ros.contracts import ENGINE_OUTPUTS, MODALITIES, InputError
-from sam_mmseg_ros.engine.base import Backend, validate_inputs
+from sam_mmseg_ros.engine.base import Backend, check_outputs, validate_inputs
 from sam_mmseg_ros.engine.torch_backend import TorchBackend
 from sam_mmseg_ros.model import build_model
 from sam_mmseg_ros.model.checkpoint import save_checkpoint
@@ -56,7 +56,6 @@ def test_infer_follows_the_contract(backend):
         (np.zeros((1, 4, 3, 64, 64), np.float32), np.ones((1, 3), np.float32), "modality_mask has shape"),
         (np.zeros((1, 4, 3, 64, 64), np.float32), np.full((1, 4), 0.5, np.float32), "only 0 and 1"),
         (np.zeros((1, 4, 3, 64, 64), np.float32), np.zeros((1, 4), np.float32), "no modality is present"),
-        (np.full((1, 4, 3, 64, 64), np.nan, np.float32), np.ones((1, 4), np.float32), "NaN"),
     ],
 )
 def test_bad_inputs_raise_input_error(backend, images, mask, message):
@@ -64,6 +63,23 @@ def test_bad_inputs_raise_input_error(backend, images, mask, message):
         backend.infer(images, mask)
     with pytest.raises(InputError, match=message):
         validate_inputs(images, mask, (1, 4, 3, 64, 64))
+
+
+@pytest.mark.parametrize("where", ["present", "absent"])
+def test_non_finite_pixels_are_found_from_the_outputs(backend, where):
+    """Not scanned before inference (50 MB at 1024x1024), but never passed on: NaN in a present
+    modality or in an absent slot (which should hold zeros) spoils the outputs and is named."""
+    images, mask = _inputs()
+    images[0, 1 if where == "absent" else 0, 0, 5, 7] = np.nan
+    with pytest.raises(InputError, match="NaN or Inf"):
+        backend.infer(images, mask)
+
+
+def test_non_finite_outputs_from_finite_input_are_an_engine_error():
+    outputs = {"labels": np.zeros((1, 8, 8), np.int32), "confidence": np.full((1, 8, 8), np.nan, np.float32),
+               "router_weights": np.zeros((1, 4), np.float32)}
+    with pytest.raises(RuntimeError, match="NaN/Inf from finite input"):
+        check_outputs(outputs, (1, 4, 3, 8, 8), np.zeros((1, 4, 3, 8, 8), np.float32))
 
 
 def test_fp16_needs_cuda():
@@ -92,11 +108,13 @@ def test_without_checkpoint_a_deterministic_untrained_tiny_model_is_flagged(monk
 
 
 @pytest.mark.gpu
-def test_cuda_fp16_autocast_agrees_with_fp32(backend):
-    fp16 = TorchBackend(build_model("tiny", **MICRO).cpu(), device="cuda", precision="fp16")
-    fp16.model.load_state_dict(backend.model.state_dict())
-    images, mask = _inputs()
-    reference, half = backend.infer(images, mask), fp16.infer(images, mask)
-    assert half["labels"].dtype == np.int32 and half["router_weights"].dtype == np.float32
-    assert (half["labels"] == reference["labels"]).mean() > 0.98
-    assert np.allclose(half["router_weights"], reference["router_weights"], atol=1e-2)
+def test_cuda_fp16_autocast_agrees_with_fp32():
+    """The shipped, trained model (decisive outputs) through the node's pipeline on synthetic frames."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA (a TensorRT-only GPU machine)")
+    from sam_mmseg_ros.engine.verify import synthetic_frames, verify_backend
+
+    reference = TorchBackend.from_checkpoint(None, "cpu")
+    half = TorchBackend.from_checkpoint(None, "cuda", "fp16")
+    report = verify_backend(half, reference, synthetic_frames(3, (240, 320)), latency_runs=2)
+    assert report.label_agreement >= 0.99 and report.router_weight_abs_diff_max <= 1e-2, report.to_markdown()

@@ -9,6 +9,7 @@ import pytest
 
 from sam_mmseg_ros.contracts import MODALITIES, EventArray, FrameBundle, ImageData, PointCloud
 from sam_mmseg_ros.health import HealthMonitor, HealthThresholds
+from sam_mmseg_ros.labels import class_id
 from sam_mmseg_ros.pipeline import FrameResult, SegmentationPipeline, resize_nearest
 from sam_mmseg_ros.sensors.camera import CameraModel
 from sam_mmseg_ros.sensors.encodings import NATIVE
@@ -17,6 +18,7 @@ from sam_mmseg_ros.sensors.preprocess import PreprocessConfig
 
 H, W = 48, 64  # camera
 INPUT = (16, 16)  # model
+SKY = class_id("Sky")
 
 
 class StripesBackend:
@@ -140,13 +142,14 @@ def test_projected_points_give_camera_frame_positions_of_a_rotated_lidar():
 
 
 @pytest.mark.parametrize("keep", [("rgb",), ("rgb", "depth"), ("rgb", "depth", "event"), ("rgb", "event", "lidar")])
-def test_labels_with_only_equal_a_run_without_the_other_sensors(keep):
+def test_outputs_with_only_equal_a_run_without_the_other_sensors(keep):
     """Evaluation reuses one encoding per frame for every modality subset: the model input must be
     exactly what the pipeline builds when those sensors are really absent."""
     pipeline = make_pipeline()
     bundle = make_bundle()
     full = pipeline.run(bundle, bundle.stamp_ns, T_CAMERA_LIDAR)
-    subset_labels = pipeline.labels_with_only(keep)
+    subset_labels, subset_depth = pipeline.outputs_with_only(keep)
+    assert subset_depth is None  # a model without the depth task
     masked_images, masked_mask = pipeline.backend.images[-1], pipeline.backend.masks[-1]
 
     removed = {m: None for m in MODALITIES if m not in keep}
@@ -156,3 +159,76 @@ def test_labels_with_only_equal_a_run_without_the_other_sensors(keep):
     np.testing.assert_array_equal(masked_images, reference.backend.images[-1])
     np.testing.assert_array_equal(subset_labels, alone.labels)
     assert masked_mask.sum() == len(keep) < full.router_weights.size
+
+
+class DepthStripesBackend(StripesBackend):
+    """StripesBackend with the depth task: depth 2, 4, 8, 16 m per stripe, stripe 2 is sky."""
+
+    def infer(self, images, modality_mask):
+        out = super().infer(images, modality_mask)
+        out["labels"] = np.where(out["labels"] == 2, SKY, out["labels"]).astype(np.int32)
+        cols = np.arange(INPUT[1]) * 4 // INPUT[1]
+        out["depth"] = np.broadcast_to(2.0 ** (1 + cols), INPUT)[None].astype(np.float32)
+        return out
+
+
+
+
+def test_depth_image_is_camera_resolution_metres_with_nan_over_sky():
+    from sam_mmseg_ros.pipeline import depth_image
+
+    depth = np.array([[2.0, 8.0], [2.0, 8.0]], np.float32)
+    labels = np.zeros((4, 8), np.uint8)
+    labels[0, 0] = SKY
+    out = depth_image(depth, labels)
+    assert out.dtype == np.float32 and out.shape == (4, 8)
+    assert np.isnan(out[0, 0]) and np.isfinite(out[1:]).all()
+    # pixel centres: the outer columns keep the values, the middle ones are geometric means (log space)
+    np.testing.assert_allclose(out[1:, 1], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(out[1:, -1], 8.0, rtol=1e-6)
+    assert np.allclose(np.sqrt(out[1:, 3] * out[1:, 4]), 4.0, rtol=1e-5)  # symmetric around the geometric mean
+    assert np.isnan(depth_image(np.array([[0.0, np.inf]], np.float32), np.zeros((1, 2), np.uint8))).all()
+
+
+def test_run_gives_depth_at_camera_resolution_when_the_model_has_it():
+    pipeline = make_pipeline()
+    pipeline.backend = DepthStripesBackend()
+    result = pipeline.run(make_bundle(), 10**18, T_CAMERA_LIDAR)
+    assert result.depth.shape == (H, W) and result.depth.dtype == np.float32
+    sky = result.labels == SKY
+    assert sky.any() and np.isnan(result.depth[sky]).all() and np.isfinite(result.depth[~sky]).all()
+    np.testing.assert_allclose(result.depth[:, 0], 2.0, rtol=1e-6)
+    assert pipeline.run(make_bundle(), 10**18, T_CAMERA_LIDAR, depth=False).depth is None
+    assert make_pipeline().run(make_bundle(), 10**18, T_CAMERA_LIDAR).depth is None  # no depth task
+
+
+class BufferOwningBackend(StripesBackend):
+    """Like TensorRT: offers its input buffer and copies whatever else it is given into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.buffer = np.zeros(self.input_shape, np.float32)
+
+    def input_buffer(self):
+        return self.buffer
+
+    def infer(self, images, modality_mask):
+        if images is not self.buffer:
+            np.copyto(self.buffer, images)
+        return super().infer(self.buffer, modality_mask)
+
+
+def test_frames_are_encoded_straight_into_a_backend_owned_buffer():
+    owning = make_pipeline()
+    owning.backend = BufferOwningBackend()
+    plain = make_pipeline()
+    bundle = make_bundle()
+    owning.run(bundle, bundle.stamp_ns, T_CAMERA_LIDAR)
+    plain.run(bundle, bundle.stamp_ns, T_CAMERA_LIDAR)
+    assert owning._images is owning.backend.buffer  # no copy between preprocessing and the engine
+    np.testing.assert_array_equal(owning.backend.images[-1], plain.backend.images[-1])
+    # Subsets one after another: each starts from the full frame, not from the last subset.
+    for keep in (("rgb",), ("depth", "lidar")):
+        owning.outputs_with_only(keep)
+        plain.outputs_with_only(keep)
+        np.testing.assert_array_equal(owning.backend.images[-1], plain.backend.images[-1])

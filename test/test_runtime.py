@@ -138,6 +138,26 @@ def test_model_state_rules():
     assert model.problem() == (ERROR, "model failed to load: x") and not model.trained
 
 
+def test_why_better_backends_were_skipped_reaches_diagnostics(monkeypatch):
+    backend = FakeBackend()
+    backend.fallback_reasons = ("tensorrt: GpuResourceError: out of memory", "onnxruntime-gpu: no CUDA provider")
+    core = make_core(monkeypatch, backend)
+    assert core.load_model()
+    assert core.report().node.values["fallbacks"] == ("tensorrt: GpuResourceError: out of memory | "
+                                                      "onnxruntime-gpu: no CUDA provider")
+
+
+def test_engine_parameters_reach_create_backend(monkeypatch):
+    import sam_mmseg_ros.engine as engine
+
+    core = make_core(monkeypatch, use_cuda_graph=True, engine_workspace_mib=512, precision="fp32")
+    asked = {}
+    monkeypatch.setattr(engine, "create_backend", lambda kind, **options: asked.update(options) or FakeBackend())
+    assert core.load_model()
+    assert asked["use_cuda_graph"] is True and asked["workspace_mib"] == 512 and asked["precision"] == "fp32"
+    assert NodeSettings.from_values({}).model.backend_options()["workspace_mib"] is None  # 0: sized to the GPU
+
+
 def test_camera_silence_is_an_error_and_makes_rgb_stale_with_weight_zero(monkeypatch):
     clock = {"t": 100.0}
     camera = CameraWatchdog(timeout_s=1.0, clock=lambda: clock["t"])
@@ -198,3 +218,95 @@ def test_settings_a_node_would_refuse_at_start_up_are_refused_at_run_time(bad):
 
     with pytest.raises(SettingsError):
         NodeSettings.from_values({**NodeSettings.from_values({}).values, **bad})
+
+
+# ------------------------------------------------------------------ inputs real drivers publish
+
+
+def test_an_undecodable_camera_gives_health_outputs_and_an_error_at_once(monkeypatch):
+    """Unknown encoding, truncated data, step too small, zero size: rgb is `invalid` with the reason,
+    /diagnostics says ERROR before the worker even gets the frame, and every such camera message
+    still gets its modality_health."""
+    core = make_core(monkeypatch)
+    assert core.load_model()
+    good = image_msg()
+    broken = [SimpleNamespace(**{**vars(good), **change}) for change in (
+        dict(encoding="yuv420"), dict(data=good.data[:100]), dict(step=WIDTH), dict(width=0, height=0))]
+    for i, msg in enumerate(broken):
+        msg.header = header(STAMP + (i + 1) * 100_000_000)
+        assert core.on_camera(msg) is False
+        report = core.report()
+        assert report.node.level == ERROR and "cannot be decoded" in report.node.message
+        rgb = dict((h.name, h) for h, _ in report.modalities)["rgb"]
+        assert rgb.state == "invalid" and rgb.reason and rgb.reason in report.node.message
+        out = core.health_only(core.slot.take(0.1), {"modality_health", "labels"})
+        assert out.stamp_ns == msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        assert out.labels is None and out.modality_health["rgb"].state == "invalid"
+    for i in range(2):  # leaving `invalid` takes health.hysteresis_frames good frames
+        assert core.on_camera(image_msg(STAMP + (10 + i) * 10**8)) is True
+        out = core.process(core.slot.take(0.1), lambda *_: np.eye(4), {"modality_health"})
+    assert out.modality_health["rgb"].state == "ok" and core.report().node.level == OK
+
+
+def test_compressed_camera_and_event_packets_reach_the_model(monkeypatch):
+    """The live callbacks take CompressedImage and EventPacket-shaped messages (the fields rclpy's
+    event_camera_msgs type has), the same code offline evaluation feeds from bags."""
+    cv2 = pytest.importorskip("cv2")
+    from event_packets import evt3_words, random_events
+
+    core = make_core(monkeypatch, **{"enable.event": True, "event_input": "packet", "rgb_transport": "compressed"})
+    assert core.load_model()
+    events = random_events(2000, 64, 48, t0_us=1_000_000, span_us=40_000, seed=0)
+    packet = SimpleNamespace(header=header(STAMP - 45_000_000, "events"), height=48, width=64, seq=0, time_base=0,
+                             encoding="evt3", is_bigendian=False, events=evt3_words(events).tobytes())
+    core.on_message("event", packet)
+    pixels = np.random.default_rng(1).integers(20, 230, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    jpeg = SimpleNamespace(header=header(), format="rgb8; jpeg compressed bgr8",
+                           data=cv2.imencode(".jpg", pixels[..., ::-1])[1].tobytes())
+    assert core.on_camera(jpeg) is True
+    out = core.process(core.slot.take(0.1), lambda *_: np.eye(4), {"modality_health", "overlay"})
+    health = {m: (h.state, h.reason) for m, h in out.modality_health.items()}
+    assert health["rgb"][0] == "ok" and health["event"][0] != "invalid", health
+    assert out.overlay.shape == (HEIGHT, WIDTH, 3)
+    bundle = core.feeder.assemble(core.feeder.receive_camera(jpeg, STAMP), wait=False)
+    assert bundle.event is not None and len(bundle.event) > 0 and bundle.event.width == 64
+
+
+def test_a_refused_camera_info_is_named_in_depth_lidar_health_and_the_status(monkeypatch):
+    core = make_core(monkeypatch, **{"enable.lidar": True})
+    assert core.load_model()
+    info = SimpleNamespace(header=header(), width=WIDTH, height=HEIGHT, distortion_model="double_sphere",
+                           d=[0.1, 0.2, 0.3], k=[20.0, 0, 16, 0, 20, 12, 0, 0, 1], p=[0.0] * 12)
+    core.on_message("camera_info", info)
+    cloud = SimpleNamespace(header=header(frame_id="lidar"), height=1, width=1, is_bigendian=False, point_step=12,
+                            row_step=12, is_dense=True, data=np.array([[0.0, 0.0, 5.0]], np.float32).tobytes(),
+                            fields=[SimpleNamespace(name=n, offset=4 * i, datatype=7, count=1)
+                                    for i, n in enumerate("xyz")])
+    core.on_message("lidar", cloud)
+    core.on_camera(image_msg())
+    out = core.process(core.slot.take(0.1), lambda *_: np.eye(4), {"modality_health"})
+    lidar = out.modality_health["lidar"]
+    assert lidar.state == "invalid" and "unsupported distortion model 'double_sphere'" in lidar.reason
+    report = core.report()
+    assert report.node.level == WARN and "unsupported distortion model 'double_sphere'" in report.node.message
+
+
+class DepthBackend(FakeBackend):
+    output_names = ("labels", "confidence", "router_weights", "depth")
+
+    def infer(self, images, modality_mask):
+        return {**super().infer(images, modality_mask), "depth": np.full((1, 16, 16), 7.5, np.float32)}
+
+
+def test_depth_is_rendered_only_when_wanted_and_the_task_can_be_turned_off(monkeypatch):
+    core = make_core(monkeypatch, DepthBackend())
+    assert core.load_model()
+    core.on_camera(image_msg())
+    camera = core.slot.take(0.1)
+    out = core.process(camera, lambda *_: np.eye(4), {"labels", "depth"})
+    assert out.depth.shape == (HEIGHT, WIDTH) and out.depth.dtype == np.float32
+    np.testing.assert_allclose(out.depth, 7.5, rtol=1e-6)  # labels 0 and 2: no sky, every pixel valid
+    assert core.process(camera, lambda *_: np.eye(4), {"labels"}).depth is None
+    assert make_core(monkeypatch).settings.model.backend_options()["tasks"] is None
+    off = make_core(monkeypatch, DepthBackend(), depth_task=False).settings.model.backend_options()
+    assert off["tasks"] == ("semantic",)

@@ -131,6 +131,21 @@ def test_intensity_is_scaled_by_its_range():
     assert encoded[1].max() == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("dtype, scale", [(np.uint8, 255.0), (np.uint16, 65535.0), (np.float32, 255.0),
+                                          (np.float64, 255.0), (np.int16, 32767.0), (np.uint32, 65535.0)])
+def test_intensity_scale_is_fixed_by_the_field_type_not_by_the_frame(dtype, scale):
+    """Ouster-like frames whose maxima are 250 and 260 keep one scale (a per-frame scale made
+    them 257x apart)."""
+    channels = []
+    peaks = (250, 260) if np.dtype(dtype).itemsize > 1 else (200, 250)
+    for peak in peaks:
+        cloud = PointCloud(np.array([[0.0, 0.0, 5.0], [0.5, 0.0, 5.0]]), np.array([100, peak], dtype))
+        encoded, _ = encode_lidar(rasterize(project_points(cloud, np.eye(4), PINHOLE), PINHOLE, (48, 64)))
+        channels.append(np.sort(encoded[1][encoded[2] > 0]))
+    assert channels[0][0] == channels[1][0] == pytest.approx(100.0 / scale)
+    assert channels[1][1] == pytest.approx(min(1.0, peaks[1] / scale))
+
+
 def test_empty_cloud():
     projected = project_points(PointCloud(np.zeros((0, 3), np.float32)), np.eye(4), PINHOLE)
     assert len(projected) == 0
@@ -177,3 +192,76 @@ def test_float32_projection_stays_float32_and_matches_float64(camera):
     assert 0 < inside_clamp.sum() < len(xyz)
     u, v = camera.to_pixels(xn[inside_clamp], yn[inside_clamp])
     np.testing.assert_allclose([u, v], [u64[inside_clamp], v64[inside_clamp]], atol=1e-9)
+
+
+# A 190-degree-class fisheye as camera_calibration writes it (distortion_model "equidistant",
+# D = [k1, k2, k3, k4]) with a little skew, at 1280x960.
+FISHEYE_K = np.array([[330.0, 0.4, 641.3], [0, 331.5, 478.9], [0, 0, 1]])
+FISHEYE = CameraModel.from_camera_info(1280, 960, "equidistant", [0.021, -0.006, 0.0012, -0.0002],
+                                       FISHEYE_K.ravel())
+
+
+def _wide_points(n=4000, seed=0):
+    """Points up to 85 degrees off the optical axis, in front of the camera."""
+    rng = np.random.default_rng(seed)
+    theta = rng.uniform(0, np.radians(85), n)
+    phi = rng.uniform(-np.pi, np.pi, n)
+    dist = rng.uniform(0.5, 40, n)
+    return np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], 1) * dist[:, None]
+
+
+def test_fisheye_projection_matches_opencv_fisheye():
+    cv2 = pytest.importorskip("cv2")
+    points = _wide_points()
+    expected, _ = cv2.fisheye.projectPoints(points[:, None, :], np.zeros(3), np.zeros(3), FISHEYE_K,
+                                            FISHEYE.D, alpha=FISHEYE_K[0, 1] / FISHEYE_K[0, 0])
+    u, v, z, in_front = FISHEYE.project(points)
+    assert in_front.all()
+    np.testing.assert_allclose(np.stack([u, v], 1), expected[:, 0], atol=1e-6)
+    # float32, as the LiDAR path runs it: well under a pixel.
+    u32, v32, _, _ = FISHEYE.project(points.astype(np.float32))
+    np.testing.assert_allclose(np.stack([u32, v32], 1), expected[:, 0], atol=5e-3)
+
+
+def test_fisheye_lidar_points_land_where_opencv_puts_them_far_off_axis():
+    """The pinhole clamp (normalized radius 2, 63 degrees) must not cut a fisheye: points at 80
+    degrees still land on their OpenCV pixel."""
+    cv2 = pytest.importorskip("cv2")
+    points = _wide_points(seed=1)
+    projected = project_points(PointCloud(points.astype(np.float32)), np.eye(4), FISHEYE)
+    expected, _ = cv2.fisheye.projectPoints(points[projected.index][:, None, :], np.zeros(3), np.zeros(3),
+                                            FISHEYE_K, FISHEYE.D, alpha=FISHEYE_K[0, 1] / FISHEYE_K[0, 0])
+    np.testing.assert_allclose(np.stack([projected.u, projected.v], 1), expected[:, 0], atol=5e-3)
+    inside = ((expected[:, 0, 0] >= -0.5) & (expected[:, 0, 0] < 1279.5) & (expected[:, 0, 1] >= -0.5)
+              & (expected[:, 0, 1] < 959.5))
+    assert inside.all()
+    all_expected, _ = cv2.fisheye.projectPoints(points[:, None, :], np.zeros(3), np.zeros(3), FISHEYE_K,
+                                                FISHEYE.D, alpha=FISHEYE_K[0, 1] / FISHEYE_K[0, 0])
+    lands = ((all_expected[:, 0, 0] >= -0.5) & (all_expected[:, 0, 0] < 1279.5)
+             & (all_expected[:, 0, 1] >= -0.5) & (all_expected[:, 0, 1] < 959.5))
+    assert abs(len(projected) - lands.sum()) <= 3  # float32 rounding right at the image border
+    assert np.degrees(np.arccos(points[projected.index, 2] / np.linalg.norm(
+        points[projected.index], axis=1))).max() > 80
+
+
+@pytest.mark.parametrize("camera", [FISHEYE, PLUMB_BOB, RATIONAL])
+def test_undistorted_pixel_rays_reproject_onto_their_pixels_and_match_opencv(camera):
+    cv2 = pytest.importorskip("cv2")
+    xn, yn = camera.pixel_rays(undistort=True)
+    rows, cols = np.mgrid[0:camera.height:29, 0:camera.width:37]
+    rows, cols = rows.ravel(), cols.ravel()
+    if camera.is_fisheye:  # this lens sees 2 x 89 degrees: the image corners lie beyond it
+        theta_d = np.hypot((cols - camera.cx) / camera.fx, (rows - camera.cy) / camera.fy)
+        seen = theta_d < 0.98 * np.radians(89.0)
+        rows, cols = rows[seen], cols[seen]
+    u, v, _, _ = camera.project(np.stack([xn[rows, cols], yn[rows, cols], np.ones(rows.size)], 1))
+    np.testing.assert_allclose(np.stack([u, v], 1), np.stack([cols, rows], 1), atol=1e-6)
+    # OpenCV's fisheye undistortPoints ignores skew: compare on the same camera without it.
+    plain = CameraModel(camera.width, camera.height, camera.K * [[1, 0, 1], [1, 1, 1], [1, 1, 1]], camera.D,
+                        camera.distortion_model)
+    xn, yn = plain.pixel_rays(undistort=True)
+    pixels = np.stack([cols, rows], 1).astype(np.float64)[:, None]
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 200, 1e-15)
+    expected = (cv2.fisheye.undistortPoints(pixels, plain.K, plain.D, criteria=criteria) if plain.is_fisheye
+                else cv2.undistortPoints(pixels, plain.K, plain.D, criteria=criteria))[:, 0]
+    np.testing.assert_allclose(np.stack([xn[rows, cols], yn[rows, cols]], 1), expected, atol=1e-6)

@@ -38,8 +38,8 @@ def test_mono_accepts_trailing_channel_axis():
 
 
 def test_unknown_encoding_is_named():
-    with pytest.raises(InputError, match="yuv422"):
-        rgb_to_uint8(ImageData(RGB, "yuv422"))
+    with pytest.raises(InputError, match="yuv420"):
+        rgb_to_uint8(ImageData(RGB, "yuv420"))
 
 
 @pytest.mark.parametrize("array, encoding", [

@@ -1,4 +1,5 @@
-"""rosbag2 files of synthetic or DELIVER sequences, written and read with `rosbags` (no ROS needed).
+"""rosbag2 files of synthetic or DELIVER sequences, written with `rosbags` and read with
+`data.bag_reader`, which survives damaged bags (no ROS needed).
 
 Messages are standard types (sensor_msgs Image, CameraInfo, PointCloud2; tf2_msgs TFMessage) in
 CDR, so `ros2 bag play`, `sam-mmseg replay` and the node read them like a real recording. Numpy
@@ -13,6 +14,7 @@ it for late subscribers.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -24,9 +26,18 @@ from sam_mmseg_ros.contracts import (
     BAG_TOPICS,
     CAMERA_RECORD_DELAY_NS,
     CONDITION_TOPIC,
+    GROUND_TRUTH_DEPTH_TOPIC,
     GROUND_TRUTH_TOPIC,
     EventArray,
     PointCloud,
+)
+from sam_mmseg_ros.data.bag_reader import (
+    BagError,
+    BagReport,
+    RawMessage,
+    bag_definitions,
+    bag_topics,
+    iter_messages,
 )
 from sam_mmseg_ros.sensors.camera import CameraModel
 
@@ -39,8 +50,10 @@ _POINTFIELD = {np.dtype(np.int8): 1, np.dtype(np.uint8): 2, np.dtype(np.int16): 
                np.dtype(np.int32): 5, np.dtype(np.uint32): 6, np.dtype(np.float32): 7, np.dtype(np.float64): 8}
 
 
+@functools.cache
 def typestore():
-    """The rosbags type store of the newest ROS 2 distribution it knows (kilted when present)."""
+    """The rosbags type store of the newest ROS 2 distribution it knows (kilted when present);
+    one per process, since it compiles a (de)serializer per message type on first use."""
     from rosbags.typesys import Stores, get_typestore
 
     names = [s for s in Stores if s.name.startswith("ROS2_")]
@@ -144,8 +157,17 @@ def _latched_qos():
                QosLiveliness.AUTOMATIC, zero, False)
 
 
+def ground_truth_depth(depth_m: np.ndarray) -> np.ndarray:
+    """Metric depth as the ground-truth topic carries it: float32 metres, NaN where unknown (0 in
+    the generator and the DELIVER reader)."""
+    depth = np.asarray(depth_m, np.float32)
+    return np.where(depth > 0, depth, np.float32(np.nan)).astype(np.float32)
+
+
 def frame_messages(frame, builder: _Messages, topics: dict[str, str], previous_stamp_ns: int | None):
-    """(topic, msgtype, message) of one frame: a SyntheticFrame, or a DELIVER dict with `stamp_ns`."""
+    """(topic, msgtype, message) of one frame: a SyntheticFrame, or a DELIVER dict with `stamp_ns`.
+    Ground-truth depth comes before the labels: a reader scoring a frame when its labels arrive
+    has its depth too."""
     if isinstance(frame, dict):
         return _deliver_messages(frame, builder, topics)
     stamp, cam = frame.stamp_ns, frame.camera
@@ -157,6 +179,8 @@ def frame_messages(frame, builder: _Messages, topics: dict[str, str], previous_s
         (topics["depth"], "sensor_msgs/msg/Image", builder.image(frame.depth, "32FC1", stamp, cam.frame_id)),
         (topics["event"], "sensor_msgs/msg/PointCloud2", builder.events(frame.events, window_start, cam.frame_id)),
         (topics["lidar"], "sensor_msgs/msg/PointCloud2", builder.lidar(frame.lidar, stamp)),
+        (GROUND_TRUTH_DEPTH_TOPIC, "sensor_msgs/msg/Image",
+         builder.image(ground_truth_depth(frame.ground_truth_depth()), "32FC1", stamp, cam.frame_id)),
         (GROUND_TRUTH_TOPIC, "sensor_msgs/msg/Image", builder.image(frame.labels, "mono8", stamp, cam.frame_id)),
     ]
 
@@ -166,7 +190,8 @@ def _deliver_messages(frame: dict, builder: _Messages, topics: dict[str, str]):
     the image a DELIVER frame gives its slot (`data.deliver.deliver_images`, the images training
     reads): metric depth as 32FC1 (or the hha/ images as rgb8), the event and LiDAR renderings as
     Images; there are no raw clouds. A node replaying it needs event_input and lidar_input 'image'
-    (and depth_input 'image' for hha/); `sam-mmseg eval` sets them from the bag."""
+    (and depth_input 'image' for hha/); `sam-mmseg eval` sets them from the bag. The metric depth
+    is also published as the depth ground truth (not with hha/)."""
     from sam_mmseg_ros.data.deliver import deliver_images
 
     stamp = frame["stamp_ns"]
@@ -176,6 +201,9 @@ def _deliver_messages(frame: dict, builder: _Messages, topics: dict[str, str]):
     for modality, image in deliver_images(frame).items():
         messages.append((topics[modality], "sensor_msgs/msg/Image", builder.image(image.array, image.encoding, stamp,
                                                                                   fid)))
+    if "depth" in frame:  # metric depth from depth/: also the depth task's ground truth, before the labels
+        messages.append((GROUND_TRUTH_DEPTH_TOPIC, "sensor_msgs/msg/Image",
+                         builder.image(ground_truth_depth(frame["depth"]), "32FC1", stamp, fid)))
     messages.append((GROUND_TRUTH_TOPIC, "sensor_msgs/msg/Image", builder.image(frame["label"], "mono8", stamp, fid)))
     return messages
 
@@ -192,7 +220,8 @@ def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
     """Write frames (SyntheticFrame, or DELIVER dicts with stamp_ns, camera and condition) to a new
     rosbag2 directory; returns the number of messages.
 
-    Each frame's condition goes on CONDITION_TOPIC; its camera image and ground truth are recorded
+    Each frame's condition goes on CONDITION_TOPIC; its camera image and ground truth (labels and
+    metric depth) are recorded
     CAMERA_RECORD_DELAY_NS after the other sensors (see contracts). A SyntheticFrame also puts its
     LiDAR extrinsic on /tf_static once (camera_optical_frame -> lidar). `leave_out` maps a frame
     index to the sensors ("depth", "event", "lidar") that send nothing for it: a staged outage.
@@ -208,7 +237,7 @@ def write_bag(frames: Iterable, path: str | Path, storage: str = "mcap",
     connections: dict[str, object] = {}
     count = 0
     previous: int | None = None
-    delayed = {topics["rgb"], GROUND_TRUTH_TOPIC}
+    delayed = {topics["rgb"], GROUND_TRUTH_DEPTH_TOPIC, GROUND_TRUTH_TOPIC}
     with Writer(Path(path), version=9, storage_plugin=plugin) as writer:
         if image_encodings:
             writer.set_custom_data(IMAGE_ENCODINGS_KEY, json.dumps(dict(image_encodings), sort_keys=True))
@@ -245,41 +274,90 @@ def bag_image_encodings(path: str | Path) -> dict[str, str]:
     import yaml
 
     metadata = Path(path) / "metadata.yaml"  # rosbag2's own file; a bare .mcap declares nothing
-    info = yaml.safe_load(metadata.read_text()) if metadata.is_file() else {}
-    custom = (info or {}).get("rosbag2_bagfile_information", {}).get("custom_data") or {}
     try:
+        info = yaml.safe_load(metadata.read_text()) if metadata.is_file() else {}
+        custom = (info or {}).get("rosbag2_bagfile_information", {}).get("custom_data") or {}
         declared = json.loads(custom.get(IMAGE_ENCODINGS_KEY, "{}"))
-    except json.JSONDecodeError:
+    except (OSError, yaml.YAMLError, json.JSONDecodeError, AttributeError, TypeError):  # a damaged file
         declared = None
     if not isinstance(declared, dict):
-        raise ValueError(f"{path}: unreadable {IMAGE_ENCODINGS_KEY} in the bag's metadata")
+        raise BagError(f"{metadata}: unreadable, so the {IMAGE_ENCODINGS_KEY} the bag declares are unknown")
     return {str(k): str(v) for k, v in declared.items()}
 
 
-def read_raw(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, int, str, bytes]]:
-    """(topic, record time ns, msgtype, CDR bytes) in time order; mcap or sqlite3 alike."""
-    from rosbags.rosbag2 import Reader
+def read_raw(path: str | Path, topics: Sequence[str] | None = None, report: BagReport | None = None,
+             check_cdr: bool = False) -> Iterator[tuple[str, int, str, bytes]]:
+    """(topic, record time ns, msgtype, CDR bytes) in time order; mcap or sqlite3 alike.
 
-    with Reader(Path(path)) as reader:
-        conns = [c for c in reader.connections if topics is None or c.topic in topics]
-        for conn, stamp, raw in reader.messages(connections=conns):
-            yield conn.topic, int(stamp), conn.msgtype, bytes(raw)
-
-
-def read_bag(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, int, str, object]]:
-    """(topic, record time ns, msgtype, deserialized rosbags message) in time order."""
-    ts = typestore()
-    for topic, stamp, msgtype, raw in read_raw(path, topics):
-        yield topic, stamp, msgtype, ts.deserialize_cdr(raw, msgtype)
+    Damaged parts are skipped and recorded in `report` (see data.bag_reader); `check_cdr` also
+    skips messages whose CDR does not deserialize, which a player must not publish."""
+    report = report if report is not None else BagReport()
+    ts = typestore() if check_cdr else None
+    for message in iter_messages(path, topics, report):
+        if ts is None or _deserialize(ts, message, report) is not None:
+            yield message.topic, message.log_time, message.msgtype, message.data
 
 
-def bag_topics(path: str | Path) -> dict[str, tuple[str, list]]:
-    """topic -> (msgtype, offered QoS profiles recorded in the metadata)."""
-    from rosbags.rosbag2 import Reader
+def register_msg_types(store, definitions: Mapping[str, str]) -> None:
+    """Add message types to a rosbags type store from .msg texts ({msgtype: text}), e.g.
+    event_camera_msgs/msg/EventPacket for bags that are written with it."""
+    from rosbags.typesys import get_types_from_msg
 
-    with Reader(Path(path)) as reader:
-        return {c.topic: (c.msgtype, list(getattr(c.ext, "offered_qos_profiles", []) or []))
-                for c in reader.connections}
+    types = {}
+    for msgtype, text in definitions.items():
+        types.update(get_types_from_msg(text, msgtype))
+    store.register({k: v for k, v in types.items() if k not in store.types})
+
+
+def bag_typestore(path: str | Path):
+    """(type store, {topic: msgtype} of topics it cannot read): the standard types plus the custom
+    ones (EventPacket, ...) whose definitions the bag embeds (`bag_reader.bag_definitions`)."""
+    from rosbags.typesys import get_types_from_idl, get_types_from_msg
+
+    store = typestore()
+    for msgtype, (fmt, text) in bag_definitions(path).items():
+        if msgtype in store.types:
+            continue
+        try:
+            if fmt == "ros2msg":
+                types = get_types_from_msg(text, msgtype)
+            else:
+                types = {}
+                for part in text.split("=" * 80 + "\n"):
+                    idl = part.split("\n", 1)[1] if part.startswith("IDL: ") else part
+                    types.update(get_types_from_idl(idl) if idl.strip() else {})
+            store.register({k: v for k, v in types.items() if k not in store.types})
+        except Exception as exc:  # noqa: BLE001 - a definition rosbags cannot parse leaves the type unknown
+            log.debug("cannot register %s: %s", msgtype, exc)
+    unknown = {topic: msgtype for topic, (msgtype, _) in bag_topics(path).items() if msgtype not in store.types}
+    return store, unknown
+
+
+def read_bag(path: str | Path, topics: Sequence[str] | None = None, report: BagReport | None = None, *,
+             store=None) -> Iterator[tuple[str, int, str, object]]:
+    """(topic, record time ns, msgtype, deserialized rosbags message) in time order; damaged
+    messages are skipped and recorded in `report`. `store` reads custom types (`bag_typestore`);
+    the default knows the standard ones."""
+    report = report if report is not None else BagReport()
+    ts = store or typestore()
+    for message in iter_messages(path, topics, report):
+        msg = _deserialize(ts, message, report)
+        if msg is not None:
+            yield message.topic, message.log_time, message.msgtype, msg
+
+
+def _deserialize(ts, message: RawMessage, report: BagReport):
+    """The rosbags message, or None (recorded in `report`) when its CDR is cut, absurd or of a
+    type the type store does not know."""
+    try:
+        return ts.deserialize_cdr(message.data, message.msgtype)
+    except KeyError:
+        report.add(message.file, message.where, message.topic, "unknown message type",
+                   f"{message.msgtype} is not in the rosbags type store")
+    except Exception as exc:  # noqa: BLE001 - rosbags' CDR parser of outside bytes raises several kinds
+        report.add(message.file, message.where, message.topic, "undecodable message",
+                   f"{type(exc).__name__}: {str(exc)[:160]}")
+    return None
 
 
 # ------------------------------------------------------------------------------- sam-mmseg make-bag
@@ -317,6 +395,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "default sun; DELIVER: which conditions to take, default all")
     parser.add_argument("--failures", type=_names, default=(), help=f"comma-separated ({','.join(FAILURES)})")
     parser.add_argument("--lidar-beams", type=int, choices=(32, 64), default=32)
+    parser.add_argument("--depth-holes", action="store_true",
+                        help="synthetic: the depth camera loses far pixels and patches (data/depth_holes.py); "
+                             "the ground-truth depth keeps them")
     parser.add_argument("--seed", type=int, default=0,
                         help="synthetic: the vehicle (camera mount, lens), and the street of the first condition")
     parser.add_argument("--paired", action="store_true",
@@ -351,7 +432,19 @@ def _synthetic_frames(args) -> tuple[Iterator, int]:
                               start_ns=SequenceConfig.start_ns + i * args.frames * period_ns)
                for i, condition in enumerate(conditions)]
     frames = (frame for config in configs for frame in generate_sequence(config))
+    if args.depth_holes:
+        frames = (_with_depth_holes(frame, np.random.default_rng([args.seed, k])) for k, frame in enumerate(frames))
     return frames, args.frames * len(configs)
+
+
+def _with_depth_holes(frame, rng: np.random.Generator):
+    """The frame as a depth camera with holes records it; its exact depth becomes the ground truth."""
+    from dataclasses import replace
+
+    from sam_mmseg_ros.data.depth_holes import depth_hole_mask
+
+    truth = frame.ground_truth_depth()
+    return replace(frame, depth=np.where(depth_hole_mask(truth, rng), np.float32(0.0), frame.depth), depth_true=truth)
 
 
 def _deliver_frames(args) -> tuple[Iterator, int]:

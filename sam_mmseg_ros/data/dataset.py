@@ -10,6 +10,8 @@ A sample is a dict:
     label           int64   [H, W]        class ids 0..C-1, IGNORE_LABEL (255) where unknown
     condition       str                   weather / lighting, for per-condition metrics
     case            str                   sensor-failure case ('normal' if none), where known
+    depth           float32 [H, W]        ground-truth metric depth along the optical axis, 0 where
+                                          unknown (sky); only datasets that have it, when asked
 
 so torch's default collate batches any of them and the trainer never needs to know which
 dataset it is reading.
@@ -27,11 +29,12 @@ import torch.nn.functional as F
 from sam_mmseg_ros.contracts import IMAGENET_MEAN, IMAGENET_STD, MODALITIES
 
 
-class Sample(TypedDict):
+class Sample(TypedDict, total=False):
     images: torch.Tensor
     modality_mask: torch.Tensor
     label: torch.Tensor
     condition: str
+    depth: torch.Tensor
 
 
 def resize_label(label: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -41,6 +44,17 @@ def resize_label(label: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         # nearest-exact samples pixel centres, as pipeline.resize_nearest does for predictions.
         tensor = F.interpolate(tensor[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
     return tensor
+
+
+def resize_depth(depth_m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float [H, W] metres (0 or non-finite = unknown) -> float32 [h, w] with 0 = unknown, nearest
+    neighbour at pixel centres: every kept value is a real measurement and unknown pixels never
+    blend into known ones."""
+    from sam_mmseg_ros.pipeline import resize_nearest
+
+    depth = np.asarray(depth_m, np.float32)
+    depth = np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(0.0))
+    return np.ascontiguousarray(resize_nearest(depth, *size))
 
 
 def modality_dropout(mask: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor:
@@ -86,14 +100,17 @@ class Augmentation:
 
 
 def augment(images: torch.Tensor, mask: torch.Tensor, label: torch.Tensor, generator: torch.Generator,
-            config: Augmentation = Augmentation()) -> tuple[torch.Tensor, torch.Tensor]:
+            config: Augmentation = Augmentation(), depth: torch.Tensor | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Augment a batch (images [B, M, 3, H, W] encoded as in `encode_images`, mask [B, M], label
-    [B, H, W]) with draws from `generator` (a CPU generator, so a resumed run repeats them).
-    Returns new (images, label) of the same shapes. Labels are resampled by nearest neighbour,
+    [B, H, W], optional ground-truth depth [B, H, W] of a depth task) with draws from `generator`
+    (a CPU generator, so a resumed run repeats them). Returns new (images, label, depth) of the
+    same shapes, depth None when none was given. Labels and depth are resampled by nearest neighbour,
     RGB bilinearly, the other modalities by nearest neighbour (a sparse LiDAR raster or an event
     frame must not be smeared into values no sensor produced)."""
     b, m, _, h, w = images.shape
     out_images, out_labels = images.clone(), label.clone()
+    out_depth = depth.clone() if depth is not None else None
     rgb = MODALITIES.index("rgb")
 
     def draw(lo: float = 0.0, hi: float = 1.0) -> float:
@@ -103,8 +120,10 @@ def augment(images: torch.Tensor, mask: torch.Tensor, label: torch.Tensor, gener
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     for i in range(b):
         x, y = out_images[i], out_labels[i]
+        d = out_depth[i] if out_depth is not None else None
         if draw() < config.flip:
             x, y = x.flip(-1), y.flip(-1)
+            d = d.flip(-1) if d is not None else None
         if draw() < config.crop:
             area = draw(*config.crop_scale) * h * w
             ratio = float(np.exp(draw(np.log(config.crop_ratio[0]), np.log(config.crop_ratio[1]))))
@@ -118,6 +137,8 @@ def augment(images: torch.Tensor, mask: torch.Tensor, label: torch.Tensor, gener
             x = sensors
             y = F.interpolate(y[None, None, window[0], window[1]].float(), size=(h, w),
                               mode="nearest-exact")[0, 0].long()
+            if d is not None:
+                d = F.interpolate(d[None, None, window[0], window[1]], size=(h, w), mode="nearest-exact")[0, 0]
         if mask[i, rgb] > 0:
             pixels = (x[rgb] * std + mean).clamp(0, 1)
             pixels = pixels * draw(1 - config.brightness, 1 + config.brightness)
@@ -128,7 +149,9 @@ def augment(images: torch.Tensor, mask: torch.Tensor, label: torch.Tensor, gener
                 pixels = _gaussian_blur(pixels, draw(*config.blur_sigma))
             x[rgb] = (pixels.clamp(0, 1) - mean) / std
         out_images[i], out_labels[i] = x * mask[i].view(m, 1, 1, 1), y
-    return out_images, out_labels
+        if d is not None:
+            out_depth[i] = d
+    return out_images, out_labels, out_depth
 
 
 def _gaussian_blur(chw: torch.Tensor, sigma: float) -> torch.Tensor:

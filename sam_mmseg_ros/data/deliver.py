@@ -46,7 +46,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from sam_mmseg_ros.contracts import IGNORE_LABEL, MODALITIES, FrameBundle, ImageData, InputError
-from sam_mmseg_ros.data.dataset import Sample, resize_label
+from sam_mmseg_ros.data.dataset import Sample, resize_depth, resize_label
 from sam_mmseg_ros.sensors.camera import CameraModel
 from sam_mmseg_ros.sensors.encodings import DELIVER_FILES_PROVIDE, PRESETS, check_encodings, resolve
 
@@ -254,11 +254,13 @@ class DeliverDataset(Dataset):
     in `encodings` (a PRESETS name or mapping: 'deliver' reads depth/, 'deliver-hha' reads hha/);
     modalities not listed in `modalities` are absent slots and their files are not read. Samples
     also carry `case` and `unknown_labels` (its pixels with raw ids above 25); the dataset counts
-    them per id in `unknown_labels`."""
+    them per id in `unknown_labels`. `depth_target` adds the metric depth of `depth/` (float32
+    metres, 0 = none) as the depth task's target, whichever encoding the depth input uses."""
 
     def __init__(self, root: str | Path, split: str = "train", conditions: Sequence[str] | None = None,
                  size: tuple[int, int] = (1024, 1024), modalities: Sequence[str] = MODALITIES,
-                 cases: Sequence[str] | None = None, encodings: str | Mapping[str, str] = "deliver"):
+                 cases: Sequence[str] | None = None, encodings: str | Mapping[str, str] = "deliver",
+                 depth_target: bool = False):
         unknown = sorted(set(modalities) - set(MODALITIES))
         if unknown:
             raise ValueError(f"unknown modalities {unknown}; known: {MODALITIES}")
@@ -271,6 +273,10 @@ class DeliverDataset(Dataset):
         self.size = (int(size[0]), int(size[1]))
         self.modalities = tuple(modalities)
         self._keys = files_for(self.encodings, self.modalities)
+        self.depth_target = depth_target
+        self._depth_for_target_only = depth_target and "depth" not in self._keys  # not an input
+        if self._depth_for_target_only:
+            self._keys += ("depth",)
         self.unknown_labels: Counter = Counter()  # pixels per raw id above 25 in the samples read so far
 
     def __len__(self) -> int:
@@ -283,7 +289,8 @@ class DeliverDataset(Dataset):
 
         frame = read_deliver_frame(self.frames[index], self._keys)
         height, width = frame["rgb"].shape[:2]
-        bundle = FrameBundle(0, "", camera=deliver_camera(width, height), **deliver_images(frame))
+        images = deliver_images({k: v for k, v in frame.items() if k != "depth" or not self._depth_for_target_only})
+        bundle = FrameBundle(0, "", camera=deliver_camera(width, height), **images)
         encoded = preprocess(bundle, PreprocessConfig(input_size=self.size, encodings=self.encodings))
         if encoded.errors:
             raise InputError(f"{self.frames[index].path('rgb')}: " + "; ".join(f"{m}: {e}" for m, e in
@@ -293,10 +300,13 @@ class DeliverDataset(Dataset):
             log.warning("%s has raw label ids above 25 %s (pixels per id), scored as ignore; DELIVER has 25 classes "
                         "(further frames are counted, not logged)", self.frames[index].path("label"), unknown)
         self.unknown_labels.update(unknown)
-        return {"images": torch.from_numpy(encoded.model_input.images[0].copy()),
-                "modality_mask": torch.from_numpy(encoded.model_input.modality_mask[0].copy()),
-                "label": resize_label(frame["label"], self.size), "condition": frame["condition"],
-                "case": frame["case"], "unknown_labels": sum(unknown.values())}
+        sample = {"images": torch.from_numpy(encoded.model_input.images[0].copy()),
+                  "modality_mask": torch.from_numpy(encoded.model_input.modality_mask[0].copy()),
+                  "label": resize_label(frame["label"], self.size), "condition": frame["condition"],
+                  "case": frame["case"], "unknown_labels": sum(unknown.values())}
+        if self.depth_target:
+            sample["depth"] = torch.from_numpy(resize_depth(frame["depth"], self.size))
+        return sample
 
 
 # ------------------------------------------------------------------------------------- fixture

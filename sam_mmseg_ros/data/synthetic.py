@@ -119,6 +119,10 @@ class SyntheticFrame:
     luminance: np.ndarray  # float32 [H, W], cd/m2 reaching the camera (after fog), before the lens
     transmittance: np.ndarray  # float32 [H, W], fog transmittance camera -> surface, 0 for sky
 
+    def ground_truth_depth(self) -> np.ndarray:
+        """float32 [H, W] metres along the optical axis, 0 = none (sky): the depth task's target."""
+        return self.depth_true
+
     def to_bundle(self) -> FrameBundle:
         """The frame as the node's assembler would hand it over, every modality present."""
         stamps = dict.fromkeys(("rgb", "depth", "event", "lidar"), self.stamp_ns)
@@ -555,6 +559,11 @@ def generate_sequence(config: SequenceConfig) -> Iterator[SyntheticFrame]:
         )
 
 
+GENERATOR_VERSION = 2
+"""Part of the sample cache's key: raise it when a change to the generator changes its frames,
+so caches written by an earlier generator are not read as this one's."""
+
+
 class SyntheticDataset:
     """Training samples encoded exactly as the node encodes them (`sensors.preprocess`).
 
@@ -590,7 +599,7 @@ class SyntheticDataset:
 
     def _cache_file(self, index: int) -> Path:
         renders = "-".join(f"{h}x{w}" for h, w in self.render_sizes)
-        key = f"{self.seed}_{self.size[0]}x{self.size[1]}_{renders}"
+        key = f"g{GENERATOR_VERSION}_{self.seed}_{self.size[0]}x{self.size[1]}_{renders}"
         key += f"_{'-'.join(self.conditions)}_{'-'.join(self.failures) or 'none'}_{self.frames_per_sequence}"
         if self.encodings != NATIVE:
             key += "_" + "-".join(self.encodings[m] for m in sorted(self.encodings))
@@ -599,20 +608,26 @@ class SyntheticDataset:
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_frames:
             raise IndexError(index)
-        if index not in self._cache:
-            if self.cache_dir is not None and self._cache_file(index).exists():
-                with np.load(self._cache_file(index), allow_pickle=False) as z:
-                    self._cache[index] = {k: z[k] for k in z.files}
-                    self._cache[index]["condition"] = str(self._cache[index]["condition"])
-            else:
-                self._render_sequence(index // self.frames_per_sequence)
+        cached = self.cache_dir is not None and self._cache_file(index).exists()
+        if index not in self._cache and not (cached and self._load_cached(index)):
+            self._render_sequence(index // self.frames_per_sequence)
         import torch  # only training needs it; generating scenes and bags does not
 
         sample = self._cache[index]
         return {"images": torch.from_numpy(sample["images"]),
                 "modality_mask": torch.from_numpy(sample["modality_mask"]),
                 "label": torch.from_numpy(sample["label"].astype(np.int64)),
+                "depth": torch.from_numpy(sample["depth"]),
                 "condition": sample["condition"]}
+
+    def _load_cached(self, index: int) -> bool:
+        """Read a cached sample; False for a file written before samples had depth."""
+        with np.load(self._cache_file(index), allow_pickle=False) as z:
+            if "depth" not in z.files:
+                return False
+            self._cache[index] = {k: z[k] for k in z.files}
+        self._cache[index]["condition"] = str(self._cache[index]["condition"])
+        return True
 
     def sequence_config(self, sequence: int) -> SequenceConfig:
         """The SequenceConfig that renders sequence number `sequence` of this dataset."""
@@ -632,6 +647,7 @@ class SyntheticDataset:
             sample = {"images": np.asarray(encoded.model_input.images[0], np.float32),
                       "modality_mask": np.asarray(encoded.model_input.modality_mask[0], np.float32),
                       "label": resize_nearest(frame.labels, *self.size),
+                      "depth": resize_nearest(frame.ground_truth_depth(), *self.size),  # metres, 0 = sky
                       "condition": config.condition}
             self._cache[first + offset] = sample
             if self.cache_dir is not None:

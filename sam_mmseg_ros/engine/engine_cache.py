@@ -1,8 +1,9 @@
 """TensorRT engine cache (DESIGN.md §3): which engine file belongs to which ONNX model on which
 GPU, and whether a file on disk may be loaded.
 
-An engine is only valid for the exact ONNX graph, TensorRT version, GPU model and compute
-capability, and precision it was built for; anything else either fails to deserialize or,
+An engine is only valid for the exact ONNX graph, TensorRT version, GPU model (name, compute
+capability, SM count and memory: every Jetson Orin module reports "Orin", sm 8.7, from the 8 GB
+Nano to the 64 GB AGX) and precision it was built for; anything else either fails to deserialize or,
 worse, runs a stale model. So every engine gets a sidecar `<engine>.json` holding its key and
 the engine file's own sha256. A lookup loads an engine only when both match, a mismatch says
 which fields differ, and a valid engine is found again after a restart without a rebuild.
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,6 +57,8 @@ class EngineKey:
     gpu_name: str
     compute_capability: tuple[int, int]
     precision: str
+    sm_count: int | None = None  # None only in records written before it was part of the key
+    total_memory_gib: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -69,6 +73,8 @@ class EngineKey:
             gpu_name=str(data["gpu_name"]),
             compute_capability=tuple(int(v) for v in data["compute_capability"]),
             precision=str(data["precision"]),
+            sm_count=data.get("sm_count"),
+            total_memory_gib=data.get("total_memory_gib"),
         )
 
     def digest(self) -> str:
@@ -100,11 +106,12 @@ def default_engine_path(cache_dir: str | os.PathLike, onnx_path: str | os.PathLi
     return Path(cache_dir) / "engines" / name
 
 
-def timing_cache_path(cache_dir: str | os.PathLike, tensorrt_version: str, gpu_name: str,
-                      compute_capability: tuple[int, int]) -> Path:
-    """Timing caches are only reusable on the same TensorRT version and GPU model."""
-    major, minor = compute_capability
-    return Path(cache_dir) / "timing" / f"{_slug(gpu_name)}-sm{major}{minor}-trt{_slug(tensorrt_version)}.cache"
+def timing_cache_path(cache_dir: str | os.PathLike, key: EngineKey) -> Path:
+    """Timing caches are only reusable on the same TensorRT version and GPU model (SM count
+    included: tactic timings of a 16-SM Orin do not hold for an 8-SM one)."""
+    major, minor = key.compute_capability
+    return Path(cache_dir) / "timing" / (f"{_slug(key.gpu_name)}-sm{major}{minor}-{key.sm_count}sms"
+                                         f"-trt{_slug(key.tensorrt_version)}.cache")
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,33 @@ def check_engine(engine_path: str | os.PathLike, key: EngineKey) -> CacheCheck:
     if file_sha256(engine_path) != engine_sha:
         return CacheCheck(False, f"{engine_path} does not match its recorded sha256 (corrupted or replaced)")
     return CacheCheck(True, f"{engine_path} matches {key.digest()}")
+
+
+def check_user_engine(engine_path: str | os.PathLike, key_for: Callable[[EngineKey], EngineKey], *,
+                      trusted: bool) -> CacheCheck:
+    """May an engine a user named, with no ONNX file to rebuild it from, be loaded?
+
+    With a cache record: only when the record matches `key_for(stored key)` (the caller fills in
+    this machine's TensorRT and GPU and the wanted precision) and the file's recorded sha256.
+    Without one: only when `trusted` says the user vouches for where the file came from, since
+    TensorRT deserializes whatever it is given; the reason then says the checks were skipped.
+    """
+    engine_path = Path(engine_path)
+    if not sidecar_path(engine_path).is_file():
+        if not engine_path.is_file():
+            return CacheCheck(False, f"no engine at {engine_path}")
+        if trusted:
+            return CacheCheck(True, f"{engine_path} has no cache record; loading it because it is marked trusted "
+                                    "(engine_trusted): its hash, TensorRT version, GPU and precision are NOT checked")
+        return CacheCheck(False, f"{engine_path} has no usable cache record ({sidecar_path(engine_path).name}); "
+                                 "build it with `sam-mmseg build-engine --onnx <model.onnx>`, or, if you know where it "
+                                 "comes from, mark it trusted (engine_trusted)")
+    try:
+        stored = EngineKey.from_dict(read_record(engine_path)["key"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return CacheCheck(False, f"{engine_path} has no usable cache record ({exc}); build it with "
+                                 "`sam-mmseg build-engine --onnx <model.onnx>`")
+    return check_engine(engine_path, key_for(stored))
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -28,7 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from sam_mmseg_ros.contracts import ENGINE_INPUTS, ENGINE_OUTPUTS, IMAGENET_MEAN, IMAGENET_STD, MODALITIES
+from sam_mmseg_ros.contracts import ENGINE_INPUTS, IMAGENET_MEAN, IMAGENET_STD, MODALITIES
+from sam_mmseg_ros.engine.base import contract_outputs
 from sam_mmseg_ros.engine.exporter_output import exporter_output_at_debug
 
 LOG = logging.getLogger(__name__)
@@ -41,11 +42,12 @@ FP32_OPS = frozenset({
     "LayerNormalization", "Softmax", "LogSoftmax",
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "CumSum",
-    "Pow", "Sqrt", "Reciprocal", "Exp", "Log",
+    "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Sin", "Cos",
     "ArgMax", "ArgMin", "TopK",
 })
 """Ops kept in fp32 in an fp16 graph: normalization statistics, exponentials and reductions
-overflow or lose the small differences that decide a label in fp16."""
+overflow or lose the small differences that decide a label in fp16; sin/cos of large arguments
+lose their phase."""
 
 NORMALIZATION = {
     "rgb": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
@@ -79,6 +81,26 @@ def read_metadata(path: str | os.PathLike) -> dict:
     """The `sam_mmseg.*` metadata of an ONNX file (weights are not loaded)."""
     model = onnx.load(str(path), load_external_data=False)
     return decode_metadata({p.key: p.value for p in model.metadata_props})
+
+
+# --------------------------------------------------------------------------- graph inspection
+
+
+def largest_intermediates(model: onnx.ModelProto, count: int = 5) -> list[tuple[str, str, int]]:
+    """(tensor, producing op type, bytes) of the `count` largest tensors computed inside the
+    graph, from ONNX shape inference: what an engine must hold at once at least, whatever
+    it fuses. Weights and graph inputs are not counted."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    producer = {out: node.op_type for node in inferred.graph.node for out in node.output}
+    sizes = []
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tensor = info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        if info.name not in producer or None in dims:
+            continue
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).itemsize
+        sizes.append((info.name, producer[info.name], int(np.prod(dims, dtype=np.int64)) * itemsize))
+    return sorted(sizes, key=lambda entry: -entry[2])[:count]
 
 
 # --------------------------------------------------------------------------- fp16 conversion
@@ -198,7 +220,8 @@ def convert_to_fp16(model: onnx.ModelProto, fp32_ops: frozenset[str] = FP32_OPS)
 
 def export_model(model, output: str | os.PathLike, *, input_size: tuple[int, int], metadata: dict,
                  precision: str = "fp32", opset: int = OPSET) -> Path:
-    """Export a MoE-LoRA SAM to `output` (static [1, M, 3, H, W], H, W = `input_size`).
+    """Export a MoE-LoRA SAM to `output` (static [1, M, 3, H, W], H, W = `input_size`), with the
+    contract outputs of its tasks (`depth` too for a depth model).
 
     `metadata` is the backend metadata (classes, modalities, trained, model_hash...) to embed.
     """
@@ -214,14 +237,16 @@ def export_model(model, output: str | os.PathLike, *, input_size: tuple[int, int
     images = torch.rand(1, num_modalities, 3, height, width, generator=generator)
     modality_mask = torch.ones(1, num_modalities)
     model = model.eval().float().cpu()
+    outputs = contract_outputs(model.output_names)
     with torch.no_grad(), exporter_output_at_debug():
+        model.prepare_export((height, width))
         program = torch.onnx.export(
             model, (images, modality_mask), None, dynamo=True, optimize=True, opset_version=opset,
-            input_names=list(ENGINE_INPUTS), output_names=list(ENGINE_OUTPUTS), external_data=False,
+            input_names=list(ENGINE_INPUTS), output_names=list(outputs), external_data=False,
             verbose=False,
         )
     proto = program.model_proto
-    _check_io(proto, num_modalities, height, width)
+    _check_io(proto, num_modalities, height, width, outputs)
     full_metadata = {
         **metadata,
         "input_size": [height, width],
@@ -261,39 +286,37 @@ def save_onnx(proto: onnx.ModelProto, output: str | os.PathLike, *, metadata: di
     return output
 
 
-def _check_io(proto: onnx.ModelProto, num_modalities: int, height: int, width: int) -> None:
+def _check_io(proto: onnx.ModelProto, num_modalities: int, height: int, width: int,
+              outputs: tuple[str, ...]) -> None:
     """The exported graph must match the engine contract exactly (names, dtypes, static shapes)."""
-    expected = {
-        "images": (TensorProto.FLOAT, [1, num_modalities, 3, height, width]),
-        "modality_mask": (TensorProto.FLOAT, [1, num_modalities]),
-        "labels": (TensorProto.INT32, [1, height, width]),
-        "confidence": (TensorProto.FLOAT, [1, height, width]),
-        "router_weights": (TensorProto.FLOAT, [1, num_modalities]),
-    }
-    got = {}
-    for vi in list(proto.graph.input) + list(proto.graph.output):
-        t = vi.type.tensor_type
-        got[vi.name] = (t.elem_type, [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim])
-    if [i.name for i in proto.graph.input] != list(ENGINE_INPUTS) or \
-            [o.name for o in proto.graph.output] != list(ENGINE_OUTPUTS) or got != expected:
-        raise RuntimeError(f"exported graph does not match the engine contract: got {got}, expected {expected}")
+    from sam_mmseg_ros.engine.onnx_check import contract_problems
+
+    sizes, problems = contract_problems(proto.graph)
+    if sizes != (num_modalities, height, width):
+        problems.append(f"sizes (M, H, W) are {sizes}, expected {(num_modalities, height, width)}")
+    if [o.name for o in proto.graph.output] != list(outputs):
+        problems.append(f"outputs are {[o.name for o in proto.graph.output]}, expected {list(outputs)}")
+    if problems:
+        raise RuntimeError("exported graph does not match the engine contract: " + "; ".join(problems))
 
 
 def export_checkpoint(checkpoint: str | os.PathLike | None, output: str | os.PathLike, *, precision: str = "fp32",
-                      input_size: tuple[int, int] | None = None, opset: int = OPSET) -> Path:
+                      input_size: tuple[int, int] | None = None, opset: int = OPSET,
+                      tasks: tuple[str, ...] | None = None) -> Path:
     """Load a checkpoint (None: the shipped default, else a random untrained tiny model) and
-    export it with its metadata."""
+    export it with its metadata; `tasks` keeps only those of the model's tasks (None: all)."""
     from sam_mmseg_ros.engine.torch_backend import TorchBackend
 
-    backend = TorchBackend.from_checkpoint(checkpoint, "cpu")
+    backend = TorchBackend.from_checkpoint(checkpoint, "cpu", tasks=tasks)
     size = tuple(input_size) if input_size else tuple(backend.metadata["input_size"])
     metadata = {**backend.metadata, "input_size": list(size)}
     return export_model(backend.model, output, input_size=size, metadata=metadata, precision=precision, opset=opset)
 
 
 def cached_export(checkpoint: str | os.PathLike | None, cache_dir: str | os.PathLike, *, precision: str,
-                  input_size: tuple[int, int] | None = None) -> Path:
-    """Export once per (checkpoint content, precision, size) into `<cache_dir>/onnx/` and reuse it.
+                  input_size: tuple[int, int] | None = None, tasks: tuple[str, ...] | None = None) -> Path:
+    """Export once per (checkpoint content, precision, size, tasks kept) into `<cache_dir>/onnx/`
+    and reuse it.
 
     The key is the checkpoint file's sha256 (for no checkpoint, the default model's hash), so a
     checkpoint replaced in place is noticed. fp16 is derived from the cached fp32 export.
@@ -309,19 +332,41 @@ def cached_export(checkpoint: str | os.PathLike | None, cache_dir: str | os.Path
 
         identity = TorchBackend.from_checkpoint(None, "cpu").metadata["model_hash"]
     size = "x".join(str(int(v)) for v in input_size) if input_size else "native"
-    path = Path(cache_dir) / "onnx" / f"model-{identity[:16]}-{precision}-{size}.onnx"
-    if path.is_file():
-        try:
-            onnx.checker.check_model(str(path))
-            LOG.info("using cached ONNX export %s", path)
-            return path
-        except (onnx.checker.ValidationError, OSError) as exc:
-            LOG.warning("cached ONNX %s is unusable (%s); exporting again", path, exc)
+    kept = "" if tasks is None else "-" + "+".join(tasks)
+    path = Path(cache_dir) / "onnx" / f"model-{identity[:16]}-{precision}-{size}{kept}.onnx"
+    if _reusable(path):
+        return path
     if precision == "fp16":
-        fp32 = cached_export(checkpoint, cache_dir, precision="fp32", input_size=input_size)
+        fp32 = cached_export(checkpoint, cache_dir, precision="fp32", input_size=input_size, tasks=tasks)
         return convert_file_to_fp16(fp32, path)
     LOG.info("exporting %s to ONNX (%s), once for this checkpoint", checkpoint or "the default model", precision)
-    return export_checkpoint(checkpoint, path, precision=precision, input_size=input_size)
+    return export_checkpoint(checkpoint, path, precision=precision, input_size=input_size, tasks=tasks)
+
+
+def cached_fp16(fp32_path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
+    """The fp16 variant of an fp32 ONNX file, converted once into `<cache_dir>/onnx/` (keyed by the
+    file's sha256) and reused."""
+    from sam_mmseg_ros.engine.engine_cache import file_sha256
+
+    fp32_path = Path(fp32_path)
+    path = Path(cache_dir) / "onnx" / f"{fp32_path.stem}-{file_sha256(fp32_path)[:16]}-fp16.onnx"
+    if _reusable(path):
+        return path
+    LOG.info("converting %s to fp16, once for this file", fp32_path)
+    return convert_file_to_fp16(fp32_path, path)
+
+
+def _reusable(path: Path) -> bool:
+    """A cached ONNX file that exists and passes the checker (else it is written again)."""
+    if not path.is_file():
+        return False
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, OSError) as exc:
+        LOG.warning("cached ONNX %s is unusable (%s); writing it again", path, exc)
+        return False
+    LOG.info("using cached ONNX %s", path)
+    return True
 
 
 # --------------------------------------------------------------------------- CLI

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sam_mmseg_ros.contracts import MODALITIES
-from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, validate_inputs
+from sam_mmseg_ros.engine.base import DummyFrameWarmup, check_outputs, contract_outputs, validate_inputs
 from sam_mmseg_ros.engine.engine_cache import file_sha256
 from sam_mmseg_ros.model import MoELoRASAM, build_model
 from sam_mmseg_ros.sensors.encodings import NATIVE
@@ -32,7 +32,7 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -45,12 +45,14 @@ def _class_names(num_classes: int) -> list[str]:
 
 
 class TorchBackend(DummyFrameWarmup):
-    """Backend protocol (engine/base.py) on a torch model; fp16 means autocast on CUDA."""
+    """Backend protocol (engine/base.py) on a torch model; fp16 means autocast on CUDA.
+    `input_size` (H, W) other than the model's own resamples its position embeddings, as an
+    export at that size does."""
 
     name = "torch"
 
     def __init__(self, model: MoELoRASAM, device: str = "cpu", precision: str = "fp32",
-                 metadata: dict | None = None) -> None:
+                 metadata: dict | None = None, input_size: tuple[int, int] | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device)
@@ -59,13 +61,22 @@ class TorchBackend(DummyFrameWarmup):
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 needs a CUDA device (CPU autocast to fp16 is slower than fp32)")
         self.precision = precision
+        if self.device.type == "cuda" and precision == "fp32":
+            # The fp32 reference computes in fp32: cuDNN convolutions default to TF32 (10-bit
+            # mantissa) on Ampere and newer. Process-wide, as torch offers it.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.model = model.eval().to(self.device)
         config = model.config
-        self.input_shape = (1, config.num_modalities, 3, config.img_size, config.img_size)
+        height, width = (int(v) for v in input_size) if input_size else (config.img_size, config.img_size)
+        if height % config.patch_size or width % config.patch_size:
+            raise ValueError(f"input size {height}x{width} is not a multiple of the patch size {config.patch_size}")
+        self.input_shape = (1, config.num_modalities, 3, height, width)
+        self.output_names = contract_outputs(model.output_names)
         self.metadata = {
             "classes": _class_names(config.num_classes),
             "modalities": list(MODALITIES[: config.num_modalities]),
-            "input_size": [config.img_size, config.img_size],
+            "input_size": [height, width],
             "model": config.to_dict(),
             "trained": True,
             "encodings": dict(NATIVE),  # a model built here is untrained or trained by the caller
@@ -75,10 +86,12 @@ class TorchBackend(DummyFrameWarmup):
             self.metadata["model_hash"] = state_dict_sha256(model)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "cpu",
-                        precision: str = "fp32") -> TorchBackend:
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "cpu", precision: str = "fp32",
+                        tasks: tuple[str, ...] | None = None, input_size: tuple[int, int] | None = None
+                        ) -> TorchBackend:
         """Load `path`; None means the checkpoint shipped with the package, or, when there is
-        none, a randomly initialised `tiny` model with metadata trained=False."""
+        none, a randomly initialised `tiny` model with metadata trained=False. `tasks` keeps only
+        those of the model's tasks (MoELoRASAM.with_tasks); None keeps all."""
         from sam_mmseg_ros.model.checkpoint import default_checkpoint_path, load_checkpoint
 
         path = Path(path) if path is not None else default_checkpoint_path()
@@ -89,13 +102,16 @@ class TorchBackend(DummyFrameWarmup):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(UNTRAINED_SEED)
                 model = build_model(UNTRAINED_MODEL)
-            return cls(model, device, precision, metadata={"trained": False, "checkpoint": None})
+            return cls(model, device, precision, metadata={"trained": False, "checkpoint": None},
+                       input_size=input_size)
         model, extra = load_checkpoint(path, map_location="cpu")
+        if tasks is not None:
+            model = model.with_tasks(tasks)
         # What each slot was trained on (none recorded: the native encoders, the only ones before
         # the record existed); checked, and refused if unknown, where the inputs are made.
         metadata = {"trained": bool(extra.get("trained", True)), "checkpoint": str(path),
                     "model_hash": file_sha256(path), "encodings": extra.get("encodings", NATIVE)}
-        return cls(model, device, precision, metadata=metadata)
+        return cls(model, device, precision, metadata=metadata, input_size=input_size)
 
     def infer(self, images: np.ndarray, modality_mask: np.ndarray) -> dict[str, np.ndarray]:
         validate_inputs(images, modality_mask, self.input_shape)
@@ -104,4 +120,4 @@ class TorchBackend(DummyFrameWarmup):
         with torch.inference_mode(), autocast:
             outputs = self.model(torch.from_numpy(images).to(self.device),
                                  torch.from_numpy(modality_mask).to(self.device))
-        return check_outputs({k: v.cpu().numpy() for k, v in outputs.items()}, self.input_shape)
+        return check_outputs({k: v.cpu().numpy() for k, v in outputs.items()}, self.input_shape, images)

@@ -1,6 +1,7 @@
 """Segmentation metrics from one accumulated confusion matrix (the usual mIoU definition: IoU per
 class over the whole set, then the mean over classes that occur), so frame order and frame size
-do not change the result and partial results merge exactly."""
+do not change the result and partial results merge exactly. Depth metrics (`DepthErrors`) are
+accumulated the same way: sums over every scored pixel of the set."""
 
 from __future__ import annotations
 
@@ -88,3 +89,69 @@ class ConfusionMatrix:
         if class_names is not None:
             out["class_iou"] = {name: clean(v) for name, v in zip(class_names, iou, strict=True)}
         return out
+
+
+DEPTH_EVAL_MAX_M = 80.0
+"""Depth is scored where the ground truth lies in (0, 80] m, the cap of the usual driving
+protocol (Eigen et al.'s KITTI split): farther pixels are a few metres of street apart in pixels,
+and their absolute error would dominate RMSE."""
+
+
+class DepthErrors:
+    """AbsRel = mean |d - d*| / d*, RMSE = sqrt(mean (d - d*)^2) in metres and delta1 = the fraction
+    of pixels with max(d / d*, d* / d) < 1.25, over every scored pixel of the set: ground truth d*
+    in (0, max_depth_m] and a finite positive prediction d (a non-finite or non-positive prediction
+    is scored as missing, counted in `missing`, never as an error of some size)."""
+
+    def __init__(self, max_depth_m: float = DEPTH_EVAL_MAX_M):
+        self.max_depth_m = float(max_depth_m)
+        self.count = 0
+        self.missing = 0
+        self._abs_rel = 0.0
+        self._squared = 0.0
+        self._delta1 = 0
+
+    def update(self, pred: np.ndarray, gt: np.ndarray, where: np.ndarray | None = None) -> DepthErrors:
+        """pred and gt float [H, W] metres; `where` (bool [H, W]) limits the scored pixels further
+        (e.g. to the depth sensor's holes)."""
+        pred = np.asarray(pred, np.float64)
+        gt = np.asarray(gt, np.float64)
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+        with np.errstate(invalid="ignore"):
+            scored = np.isfinite(gt) & (gt > 0) & (gt <= self.max_depth_m)
+            if where is not None:
+                scored &= np.asarray(where, bool)
+            usable = scored & np.isfinite(pred) & (pred > 0)
+        d, t = pred[usable], gt[usable]
+        self.count += int(d.size)
+        self.missing += int(np.count_nonzero(scored)) - int(d.size)
+        self._abs_rel += float(np.sum(np.abs(d - t) / t))
+        self._squared += float(np.sum((d - t) ** 2))
+        self._delta1 += int(np.count_nonzero(np.maximum(d / t, t / d) < 1.25))
+        return self
+
+    def merge(self, other: DepthErrors) -> DepthErrors:
+        self.count += other.count
+        self.missing += other.missing
+        self._abs_rel += other._abs_rel
+        self._squared += other._squared
+        self._delta1 += other._delta1
+        return self
+
+    def abs_rel(self) -> float:
+        return self._abs_rel / self.count if self.count else float("nan")
+
+    def rmse(self) -> float:
+        return float(np.sqrt(self._squared / self.count)) if self.count else float("nan")
+
+    def delta1(self) -> float:
+        return self._delta1 / self.count if self.count else float("nan")
+
+    def to_dict(self) -> dict:
+        """JSON-ready: NaN becomes None."""
+        def clean(x: float):
+            return None if not np.isfinite(x) else float(x)
+
+        return {"abs_rel": clean(self.abs_rel()), "rmse_m": clean(self.rmse()), "delta1": clean(self.delta1()),
+                "pixels": self.count, "missing_predictions": self.missing, "max_depth_m": self.max_depth_m}

@@ -88,6 +88,7 @@ def render_markdown(summary: dict, title: str, figures: list[str] | None = None,
                   "for knowing only the layout of the scenes."]
     if any(c != "normal" for d in summary.get("miou_per_case", {}).values() for c in d):
         lines += _breakdown("mIoU per sensor-failure case (%)", summary["miou_per_case"])
+    lines += depth_sections(summary)
     present = {c: v for c, v in summary["class_iou"].items() if v is not None}
     if present:
         lines += ["", f"## Per-class IoU ({FULL}, classes that occur)", "", "| class | IoU (%) |", "|---|---|"]
@@ -121,5 +122,88 @@ def _breakdown(title: str, per_subset: dict[str, dict[str, float | None]]) -> li
                     for subset, per in per_subset.items()]
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
+def depth_sections(summary: dict) -> list[str]:
+    """Markdown tables of the depth errors (models with the depth task): per subset, AbsRel per
+    condition, and in the depth sensor's holes."""
+    if not summary.get("depth"):
+        return []
+    first = next(iter(summary["depth"].values()))
+    lines = ["", f"## Depth by modality subset (ground truth up to {first['max_depth_m']:g} m)", "",
+             "| subset | AbsRel | RMSE (m) | δ<1.25 (%) | pixels |", "|---|---|---|---|---|"]
+    for subset, e in summary["depth"].items():
+        lines.append(f"| {subset} | {_fmt(e['abs_rel'], 3)} | {_fmt(e['rmse_m'], 2)} | "
+                     f"{_fmt(None if e['delta1'] is None else 100 * e['delta1'])} | {e['pixels']} |")
+    conditions = sorted({c for d in summary["depth_per_condition"].values() for c in d})
+    lines += ["", "## Depth per condition: AbsRel · RMSE · δ<1.25", "", "| subset | " + " | ".join(conditions) + " |",
+              "|---|" + "---|" * len(conditions)]
+    for subset, per in summary["depth_per_condition"].items():
+        lines.append(f"| {subset} | " + " | ".join(_depth_cell(per.get(c)) for c in conditions) + " |")
+    holes = summary.get("depth_in_sensor_holes", {})
+    if holes:
+        lines += ["", "## Depth where the depth sensor had no value (hole filling; subsets without it: the same "
+                  "pixels)", "",
+                  "| subset | AbsRel | RMSE (m) | δ<1.25 (%) | pixels |", "|---|---|---|---|---|"]
+        for subset, e in holes.items():
+            lines.append(f"| {subset} | {_fmt(e['abs_rel'], 3)} | {_fmt(e['rmse_m'], 2)} | "
+                         f"{_fmt(None if e['delta1'] is None else 100 * e['delta1'])} | {e['pixels']} |")
+    return lines
+
+
+def _depth_cell(errors: dict | None) -> str:
+    if not errors or errors["abs_rel"] is None:
+        return "n/a"
+    return f"{errors['abs_rel']:.3f} · {errors['rmse_m']:.1f} m · {100 * errors['delta1']:.0f} %"
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def comparison_markdown(summaries: dict[str, dict]) -> str:
+    """Markdown tables comparing evaluations of the same source (metrics.json summaries by model
+    name): mIoU per subset and per condition, then each depth model's depth errors per subset,
+    AbsRel per condition and in the depth sensor's holes. The last column of the mIoU table is the
+    first model minus the last."""
+    names = list(summaries)
+    first, last = summaries[names[0]], summaries[names[-1]]
+    subsets = list(first["miou"])
+    lines = ["#### mIoU (%) by modality subset", "", "| subset | " + " | ".join(names) + " | difference |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for subset in subsets:
+        values = [s["miou"].get(subset) for s in summaries.values()]
+        a, b = first["miou"].get(subset), last["miou"].get(subset)
+        delta = "n/a" if a is None or b is None else f"{a - b:+.1f}"
+        lines.append(f"| {subset} | " + " | ".join(_fmt(v) for v in values) + f" | {delta} |")
+    conditions = sorted(first["miou_per_condition"].get(FULL, {}))
+    lines += ["", f"#### mIoU (%) per condition ({FULL})", "", "| model | " + " | ".join(conditions) + " |",
+              "|---|" + "---|" * len(conditions)]
+    for name, s in summaries.items():
+        per = s["miou_per_condition"].get(FULL, {})
+        lines.append(f"| {name} | " + " | ".join(_fmt(per.get(c)) for c in conditions) + " |")
+    for name, s in summaries.items():
+        sections = depth_sections(s)
+        if sections:
+            lines += ["", f"#### {name}: depth"] + [line.replace("## ", "##### ", 1) if line.startswith("## ") else line
+                                                     for line in sections]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Compare evaluations of one source: markdown tables on stdout.")
+    parser.add_argument("runs", nargs="+", metavar="NAME=METRICS_JSON",
+                        help="model name and the metrics.json `sam-mmseg eval` wrote for it")
+    args = parser.parse_args(argv)
+    summaries = {}
+    for run in args.runs:
+        name, _, path = run.partition("=")
+        if not path:
+            parser.error(f"expected NAME=METRICS_JSON, got {run!r}")
+        summaries[name] = json.loads(Path(path).read_text())
+    print(comparison_markdown(summaries), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,5 +1,6 @@
-"""Evaluation results: confusion matrices per modality subset and condition, latency, health,
-the overlay mosaic, and their JSON summary. Plain data shared by offline and live evaluation."""
+"""Evaluation results: confusion matrices per modality subset and condition, depth errors the
+same way (models with the depth task), latency, health, the overlay mosaic, and their JSON
+summary. Plain data shared by offline and live evaluation."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from sam_mmseg_ros.contracts import HEALTH_STATES, MODALITIES
 from sam_mmseg_ros.eval.baselines import LayoutPrior
-from sam_mmseg_ros.eval.metrics import ConfusionMatrix
+from sam_mmseg_ros.eval.metrics import ConfusionMatrix, DepthErrors
 from sam_mmseg_ros.labels import CLASSES, NUM_CLASSES, overlay
 
 FULL = "RGB-D-E-L"
@@ -58,6 +59,10 @@ class EvalResult:
     confusion: dict[str, ConfusionMatrix] = field(default_factory=dict)  # per subset
     per_condition: dict[str, dict[str, ConfusionMatrix]] = field(default_factory=dict)  # subset → cond
     per_case: dict[str, dict[str, ConfusionMatrix]] = field(default_factory=dict)  # subset → failure case
+    depth: dict[str, DepthErrors] = field(default_factory=dict)  # per subset (depth models)
+    depth_per_condition: dict[str, dict[str, DepthErrors]] = field(default_factory=dict)  # subset → cond
+    depth_holes: dict[str, DepthErrors] = field(default_factory=dict)  # per subset: only where the
+    # depth sensor gave no value (depth completion; without the sensor: the same pixels, for comparison)
     timings_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     latency_note: str = ""
     health_counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
@@ -81,6 +86,15 @@ class EvalResult:
             breakdown.setdefault(subset, {}).setdefault(key, ConfusionMatrix(NUM_CLASSES)).update(pred, gt)
         if subset == FULL:  # every frame is scored with the full set once
             self.layout_prior.update(gt, condition)
+
+    def add_depth(self, subset: str, condition: str, pred: np.ndarray, gt: np.ndarray,
+                  sensor_holes: np.ndarray | None = None) -> None:
+        """Score a depth image (metres, NaN where none) against the ground truth; `sensor_holes`
+        (bool, where the depth sensor had no value) also scores those pixels on their own."""
+        self.depth.setdefault(subset, DepthErrors()).update(pred, gt)
+        self.depth_per_condition.setdefault(subset, {}).setdefault(condition, DepthErrors()).update(pred, gt)
+        if sensor_holes is not None:
+            self.depth_holes.setdefault(subset, DepthErrors()).update(pred, gt, where=sensor_holes)
 
     def record_health(self, stamp_ns: int, health: dict) -> None:
         """`health`: modality -> (state, router weight)."""
@@ -108,6 +122,10 @@ class EvalResult:
             "pixel_accuracy": {s: _pct(cm.pixel_accuracy()) for s, cm in self.confusion.items()},
             "class_iou": ({c: _pct(v) for c, v in zip(CLASSES, full.iou(), strict=True)} if full else {}),
             "layout_prior": self.prior_summary(),
+            "depth": {s: e.to_dict() for s, e in self.depth.items()},
+            "depth_per_condition": {s: {c: e.to_dict() for c, e in sorted(d.items())}
+                                    for s, d in self.depth_per_condition.items()},
+            "depth_in_sensor_holes": {s: e.to_dict() for s, e in self.depth_holes.items()},
             "confusion_matrix": full.matrix.tolist() if full else [],
             "latency_ms": {k: percentiles(v) for k, v in self.timings_ms.items()},
             "latency_note": self.latency_note,

@@ -1,37 +1,40 @@
 """Checkpoints: ours (config + weights + plain extras) and official SAM `.pth` files.
 
-Everything is read with `torch.load(weights_only=True)`: a checkpoint is data from outside, and
-the full unpickler would run whatever code the file names. Our files therefore hold only plain
-types (the config as a dict, tensors, numbers, strings). A file that is truncated, foreign or
-made for another architecture raises `CheckpointError` naming the keys that are wrong, instead
-of a shape error deep inside `load_state_dict` or, worse, a model silently half-loaded.
+A checkpoint is data from outside, so nothing in it is trusted:
+- it is read with `torch.load(weights_only=True)`, since the full unpickler would run whatever
+  code the file names; our files therefore hold only plain types (the config as a dict,
+  tensors, numbers, strings). A refusal says what the file tried to load and never suggests
+  the unsafe way;
+- the archive's declared sizes are bounded before torch reads it (safe_load.MAX_CHECKPOINT_BYTES);
+- the stored config is checked against the registry's limits before anything is built
+  (`config_from_untrusted`), so an absurd config (embed_dim 8192, depth 64: ~200 GB) is refused
+  at once instead of swapping the machine to death; the tensors are then checked against the
+  shapes of the model built from it;
+- every failure is a `CheckpointError` naming the file and the keys or fields that are wrong,
+  instead of a shape error deep inside `load_state_dict` or, worse, a model silently
+  half-loaded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
-import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from sam_mmseg_ros.model.config import ModelConfig
+from sam_mmseg_ros.model.config import config_from_untrusted
 from sam_mmseg_ros.model.image_encoder import adapt_encoder_state_dict
+from sam_mmseg_ros.model.safe_load import CheckpointError, load_strict, read_untrusted, require_tensors
 from sam_mmseg_ros.model.sam_moe import MoELoRASAM
 
 LOG = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "synthetic_tiny.pt"
-_LISTED = 5  # keys named per category in an error message
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names what is wrong."""
+MULTITASK_CHECKPOINT = DEFAULT_CHECKPOINT.with_name("synthetic_tiny_talora.pt")
+"""The shipped multi-task model (semantic labels and metric depth, TA-LoRA adapters): run it with
+`checkpoint:=<this path>`; docs/RESULTS.md says how it was trained and how it scores."""
 
 
 def default_checkpoint_path() -> Path | None:
@@ -57,58 +60,28 @@ def save_checkpoint(path: str | os.PathLike, model: MoELoRASAM, **extra) -> Path
     return path
 
 
-def _read(path_or_state, map_location) -> dict:
-    if isinstance(path_or_state, dict):
-        return path_or_state
-    path = Path(path_or_state)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or not a "
-                              f"checkpoint): {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} holds a {type(data).__name__}, expected a dict of weights")
-    return data
-
-
-def _describe(what: str, keys: list[str]) -> str:
-    shown = ", ".join(keys[:_LISTED]) + (", ..." if len(keys) > _LISTED else "")
-    return f"{len(keys)} {what} ({shown})"
-
-
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
-                 may_be_missing: Callable[[str], bool] = lambda key: False) -> None:
-    """Load `state` into `module`: every key of the module (but those `may_be_missing`) must be
-    present with the right shape, and no unknown key may appear."""
-    own = module.state_dict()
-    missing = sorted(k for k in own if k not in state and not may_be_missing(k))
-    unexpected = sorted(k for k in state if k not in own)
-    mismatched = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                        for k in state if k in own and state[k].shape != own[k].shape)
-    problems = [_describe(what, keys) for what, keys in
-                (("missing", missing), ("unexpected", unexpected), ("with another shape", mismatched)) if keys]
-    if problems:
-        raise CheckpointError(f"{source} does not fit {type(module).__name__}: " + "; ".join(problems))
-    module.load_state_dict(state, strict=False)
-
-
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[MoELoRASAM, dict]:
-    """Rebuild the model a checkpoint describes and load its weights; returns (model, extras)."""
-    data = _read(path, map_location)
+    """Rebuild the model a checkpoint describes and load its weights; returns (model, extras).
+
+    The config is checked before the model is built, every tensor before it is loaded."""
+    data = read_untrusted(path, map_location)
     if "config" not in data or "state_dict" not in data:
-        raise CheckpointError(f"{path} is not a sam_mmseg_ros checkpoint (keys: {sorted(data)[:8]}); "
+        keys = ", ".join(sorted(map(str, data))[:8])
+        raise CheckpointError(f"{path} is not a sam_mmseg_ros checkpoint (keys: {keys}); "
                               "official SAM weights are loaded with load_sam_weights()")
     version = data.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {version}, this version reads {FORMAT_VERSION}")
+        raise CheckpointError(f"{path} has format_version {version!r:.40}, this version reads {FORMAT_VERSION}")
     try:
-        config = ModelConfig.from_dict(data["config"])
+        config = config_from_untrusted(data["config"])
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path} has an invalid model config: {exc}") from exc
+        raise CheckpointError(f"{path} has an invalid model config: {exc}") from None
+    state = data["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: state_dict is a {type(state).__name__}, not a dict of tensors")
+    require_tensors(state, str(path))  # before building: a model of up to ViT-H size takes a while
     model = MoELoRASAM(config)
-    _load_strict(model, data["state_dict"], str(path))
+    load_strict(model, state, str(path))
     extra = {k: v for k, v in data.items() if k not in ("config", "state_dict", "format_version")}
     return model.eval(), extra
 
@@ -116,21 +89,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def load_sam_weights(model: MoELoRASAM, path_or_state_dict: str | os.PathLike | dict) -> list[str]:
     """Load an official SAM checkpoint (`image_encoder.*`, optionally `mask_decoder.*` and
     `prompt_encoder.*`) into `model`, resizing position embeddings to the model's input size.
+    An official SAM2 checkpoint (Hiera: `image_encoder.trunk.*`) goes to
+    `sam2_weights.load_sam2_weights`.
 
     The encoder must load completely. SAM's decoder parts load when their shapes fit this
     model's decoder (out_chans 256, SAM's decoder dims) and are skipped otherwise. Returns the
     model keys that were loaded. LoRA experts, class tokens, router and aux head keep their init.
     """
+    from sam_mmseg_ros.model.sam2_weights import is_sam2_state, load_sam2_weights
+
     source = "SAM weights" if isinstance(path_or_state_dict, dict) else str(path_or_state_dict)
-    state = _read(path_or_state_dict, "cpu")
-    state = state.get("model", state)  # some re-distributions wrap the weights
+    state = read_untrusted(path_or_state_dict, "cpu")
+    state = state.get("model", state)  # Meta's SAM2 files (and some SAM re-distributions) wrap the weights
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise CheckpointError(f"{source} is not a state dict (tensors by name)")
+    if is_sam2_state(state) or model.config.backbone == "hiera":
+        return load_sam2_weights(model, state, source).loaded
     encoder_state = {k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")}
     if not encoder_state:
         raise CheckpointError(f"{source} has no image_encoder.* weights; it is not a SAM checkpoint "
                               f"(first keys: {sorted(state)[:5]})")
     encoder = model.image_encoder
-    encoder_state = adapt_encoder_state_dict(encoder_state, encoder)
-    _load_strict(encoder, encoder_state, source, may_be_missing=lambda key: ".lora_" in key)
+    require_tensors(state, source)
+    try:
+        encoder_state = adapt_encoder_state_dict(encoder_state, encoder)
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: position embeddings cannot be resized to this model: {exc}") from None
+    load_strict(encoder, encoder_state, source, may_be_missing=lambda key: ".lora_" in key)
     loaded = [f"image_encoder.{k}" for k in encoder_state]
 
     own = model.state_dict()
@@ -146,3 +131,23 @@ def load_sam_weights(model: MoELoRASAM, path_or_state_dict: str | os.PathLike | 
         LOG.info("%s: SAM's decoder does not fit this model's decoder (out_chans %d); it keeps its init",
                  source, model.config.out_chans)
     return loaded
+
+
+def init_from_checkpoint(path: str | os.PathLike, **overrides) -> MoELoRASAM:
+    """A model that extends the one a checkpoint holds (its config with `overrides`, e.g.
+    task-aware adapters and the depth task), started from the checkpoint's weights.
+
+    Every stored tensor must fit the new model. The parts the stored model does not have keep
+    their init (task cores at zero, so every task starts from the stored experts' features), except
+    that a new depth decoder starts as a copy of the stored semantic decoder wherever the shapes
+    agree (TA-LoRA starts every task's decoder from SAM's); its output token keeps its init."""
+    stored, _ = load_checkpoint(path)
+    model = MoELoRASAM(stored.config.with_overrides(**overrides))
+    state = stored.state_dict()
+    added = set(model.state_dict()) - set(state)
+    if model.depth_decoder is not None and stored.depth_decoder is None:
+        own = model.state_dict()
+        state.update({f"depth_{key}": value for key, value in stored.state_dict().items()
+                      if key.startswith("decoder.") and own.get(f"depth_{key}", value[None]).shape == value.shape})
+    load_strict(model, state, str(path), may_be_missing=lambda key: key in added)
+    return model

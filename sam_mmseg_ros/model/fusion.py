@@ -10,6 +10,7 @@ Absent slots contribute nothing to either term.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sam_mmseg_ros.model.config import FUSION_MEANS
@@ -27,8 +28,9 @@ class ModalityFusion(nn.Module):
     def forward(self, features: torch.Tensor, weights: torch.Tensor, modality_mask: torch.Tensor,
                 channel_dim: int = 2) -> torch.Tensor:
         """features [B, M, ...] with channels at `channel_dim` (2 for [B, M, C, h, w], -1 for
-        channels-last [B, M, h, w, C]); weights [B, M] or per token [B, M, h, w]; modality_mask
-        [B, M] -> [B, ...].
+        channels-last [B, M, h, w, C]); weights [B, M] or per token [B, M, h, w], resized
+        bilinearly to feature maps of another size (SAM2's stride-4/8 levels; the weights still
+        sum to 1 over modalities); modality_mask [B, M] -> [B, ...].
 
         Absent slots are zeroed here as well, not only given weight 0, so whatever an absent
         slot's image held never reaches the heads.
@@ -36,7 +38,13 @@ class ModalityFusion(nn.Module):
         shape = modality_mask.shape + (1,) * (features.dim() - 2)
         mask = modality_mask.reshape(shape)
         features = features * mask
-        w = weights.reshape(shape) if weights.dim() == 2 else weights.unsqueeze(channel_dim)
+        if weights.dim() == 2:
+            w = weights.reshape(shape)
+        else:
+            spatial = features.shape[3:] if channel_dim == 2 else features.shape[2:-1]
+            if weights.shape[2:] != spatial:
+                weights = F.interpolate(weights, size=tuple(spatial), mode="bilinear", align_corners=False)
+            w = weights.unsqueeze(channel_dim)
         fused = (features * w).sum(dim=1)
         if self.mean == "none":
             return fused

@@ -2,10 +2,11 @@
 
 Re-implemented rather than imported so that (1) the qkv projection can carry per-modality LoRA
 experts while keeping the official parameter names (`blocks.N.attn.qkv.weight` ...), (2) the
-encoder also returns intermediate block features for the auxiliary head, and (3) eager
-attention runs through `scaled_dot_product_attention` with the decomposed relative-position
-bias as additive mask (faster on CPU), while graph capture for export folds the bias into the score
-matmul (see `rel_pos_attention`).
+encoder also returns intermediate block features for the auxiliary head, and (3) attention keeps
+memory bounded and exports in a form GPUs fuse: global attention runs in query chunks, eager
+attention through `scaled_dot_product_attention` with the decomposed relative-position bias as
+additive mask (faster on CPU), while graph capture for export folds the bias into the score
+matmul with equal Q/K/V head sizes (see `rel_pos_attention`).
 Parity with Meta's module (to 1e-5) is checked in test_model_encoder.py.
 """
 
@@ -19,7 +20,13 @@ from sam_mmseg_ros.model.lora import MoELoRAQKV
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over channels of an NCHW tensor (SAM's `common.LayerNorm2d`)."""
+    """LayerNorm over channels of an NCHW tensor (SAM's `common.LayerNorm2d`, same parameters).
+
+    Computed as `layer_norm` on a channels-last view rather than SAM's mean/subtract/divide, so
+    the export holds one LayerNormalization node: the fp16 conversion keeps it in fp32
+    (statistics, epsilon and division included) instead of leaving the subtraction, epsilon and
+    division to fp16.
+    """
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -28,10 +35,8 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
 
 
 class MLPBlock(nn.Module):
@@ -192,36 +197,68 @@ def capturing_graph() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+ATTENTION_CHUNK_BYTES = 128 << 20
+"""Bound on one query chunk's fp32 score tensor [B, heads, rows, tokens] in attention.
+Without chunks, vit_b at 1024x1024 with 4 modalities holds [4, 12, 4096, 4096] scores per block
+(3 GiB in fp32), which does not fit an 8 GB Jetson and made ONNX Runtime on CPU peak at 16.7 GB."""
+
+HEAD_WIDTH_MULTIPLE = 8
+"""The exported q/k/v head width is padded to a multiple of this (tensor-core tile width)."""
+
+
+def query_chunk_rows(batch_heads: int, tokens: int, budget_bytes: int | None = None) -> int:
+    """Query rows per chunk so that one chunk's fp32 scores stay within `budget_bytes`
+    (default ATTENTION_CHUNK_BYTES)."""
+    budget = ATTENTION_CHUNK_BYTES if budget_bytes is None else budget_bytes
+    rows = budget // (4 * batch_heads * tokens)
+    if rows >= tokens:
+        return tokens
+    return rows // 64 * 64 if rows >= 64 else max(1, rows)  # whole 64-row tiles where possible
+
+
 def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor,
                       rel_pos_w: torch.Tensor, size: tuple[int, int], scale: float, fused: bool) -> torch.Tensor:
-    """softmax(q k^T * scale + decomposed rel-pos bias) v for q, k, v [B, heads, N, head_dim].
+    """softmax(q k^T * scale + decomposed rel-pos bias) v for q, k, v [B, heads, N, head_dim],
+    in query chunks (`query_chunk_rows`) so no [N, N] tensor of the whole attention exists.
 
-    fused: `scaled_dot_product_attention` with the bias as additive mask (about 2x faster on
-    CPU, same result to ~1e-6). Not fused (graph capture, because torch 2.13's ONNX exporter
-    decomposes SDPA-with-mask into an invalid view): the bias goes into the score matmul
-    instead of being added to it. Query rows get their bias terms appended, key rows a one-hot
-    of their (row, column), so [q*scale | rel_h | rel_w] . [k | onehot_h | onehot_w] is the
-    biased score: one MatMul, Softmax, MatMul, with no [tokens x tokens] bias tensor and no
-    broadcast adds over it (about 8% faster in ONNX Runtime on CPU for ViT-B at 512x512).
-    In eager torch this form is slower than SDPA (wider heads), so eager keeps the mask.
+    fused (eager torch): per chunk, `scaled_dot_product_attention` with the chunk's bias as
+    additive mask. Not fused (graph capture; torch 2.13's ONNX exporter decomposes
+    SDPA-with-mask into an invalid view): the bias goes into the score matmul. Query rows get
+    their bias terms appended, key rows a one-hot of their (row, column), so
+    [q*scale | rel_h | rel_w] . [k | onehot_h | onehot_w] is the biased score, and v gets zero
+    columns up to the same width: plain attention softmax(Q K^T) V with one head size for Q, K
+    and V, already scaled, no mask and no [N x N] bias tensor, which is the form TensorRT's
+    fused attention kernels take (they need equal head sizes). The zero columns of the output
+    are dropped after the last chunk.
     """
     batch, heads, tokens, head_dim = q.shape
     height, width = size
     rh = get_rel_pos(height, height, rel_pos_h)
     rw = get_rel_pos(width, width, rel_pos_w)
     r_q = q.reshape(batch * heads, height, width, head_dim)
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh).reshape(batch, heads, tokens, height)
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw).reshape(batch, heads, tokens, width)
+    rows = query_chunk_rows(batch * heads, tokens)
     if fused:
-        bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(batch, heads, tokens, tokens)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        chunks = []
+        for start in range(0, tokens, rows):
+            stop = min(start + rows, tokens)
+            bias = (rel_h[:, :, start:stop, :, None] + rel_w[:, :, start:stop, None, :]).flatten(-2)
+            chunks.append(F.scaled_dot_product_attention(q[:, :, start:stop], k, v, attn_mask=bias, scale=scale))
+        return torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
+    width_in = head_dim + height + width
+    pad = -width_in % HEAD_WIDTH_MULTIPLE
     key_row = torch.eye(height, dtype=k.dtype, device=k.device).repeat_interleave(width, 0)  # token -> its row
     key_col = torch.eye(width, dtype=k.dtype, device=k.device).repeat(height, 1)  # token -> its column
-    q_biased = torch.cat([q * scale, rel_h.reshape(batch, heads, tokens, height),
-                          rel_w.reshape(batch, heads, tokens, width)], dim=-1)
-    k_biased = torch.cat([k, key_row.expand(batch, heads, tokens, height),
-                          key_col.expand(batch, heads, tokens, width)], dim=-1)
-    return (q_biased @ k_biased.transpose(-2, -1)).softmax(dim=-1) @ v
+    q_biased = F.pad(torch.cat([q * scale, rel_h, rel_w], dim=-1), (0, pad))
+    k_biased = F.pad(torch.cat([k, key_row.expand(batch, heads, tokens, height),
+                                key_col.expand(batch, heads, tokens, width)], dim=-1), (0, pad))
+    v_padded = F.pad(v, (0, width_in + pad - head_dim))
+    k_t = k_biased.transpose(-2, -1)
+    chunks = [(q_biased[:, :, start:start + rows] @ k_t).softmax(dim=-1) @ v_padded
+              for start in range(0, tokens, rows)]
+    out = torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
+    return out[..., :head_dim]
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:

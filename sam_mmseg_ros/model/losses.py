@@ -1,4 +1,5 @@
-"""Training loss: OHEM cross-entropy on the main and the auxiliary head (DESIGN.md §4).
+"""Training loss: OHEM cross-entropy on the main and the auxiliary head (DESIGN.md §4), plus
+MemorySAM's prototype alignment loss for models that carry the prototype memory.
 
 OHEM as in CMNeXt's `OhemCrossEntropy`: a pixel counts when the model gives its true class a
 probability below `thresh` (loss above -log(thresh)); when fewer than `min_kept_fraction` of the
@@ -52,16 +53,48 @@ class OhemCrossEntropy(nn.Module):
 
 
 class SegmentationLoss(nn.Module):
-    """OHEM on `logits` plus `aux_weight` x OHEM on `aux_logits` of `forward_logits`' output."""
+    """OHEM on `logits`, plus `aux_weight` x OHEM on `aux_logits` (models with the auxiliary
+    head) and `prototype_weight` x MemorySAM's prototype alignment loss on `prototype_features`
+    (models with the semantic prototype memory, passed as `prototypes`), of `forward_logits`' output."""
 
     def __init__(self, aux_weight: float = 0.4, thresh: float = 0.7, min_kept_fraction: float = 1 / 16,
-                 ignore_index: int = IGNORE_LABEL, class_weights: torch.Tensor | None = None):
+                 ignore_index: int = IGNORE_LABEL, class_weights: torch.Tensor | None = None,
+                 prototypes: nn.Module | None = None, prototype_weight: float = 0.0):
         super().__init__()
         self.aux_weight = aux_weight
         self.ohem = OhemCrossEntropy(thresh, min_kept_fraction, ignore_index, class_weights)
+        self.prototypes = prototypes
+        self.prototype_weight = prototype_weight
 
     def forward(self, outputs: dict[str, torch.Tensor], label: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Returns {"loss": total to backpropagate, "main": ..., "aux": ...}."""
+        """Returns {"loss": total to backpropagate, "main": ..., "aux": ... (0 without the head),
+        and "prototype": ... when the model has the prototype memory}."""
         main = self.ohem(outputs["logits"], label)
-        aux = self.ohem(outputs["aux_logits"], label)
-        return {"loss": main + self.aux_weight * aux, "main": main.detach(), "aux": aux.detach()}
+        loss = main
+        parts = {"main": main.detach(), "aux": torch.zeros_like(main.detach())}
+        if "aux_logits" in outputs:
+            aux = self.ohem(outputs["aux_logits"], label)
+            loss = loss + self.aux_weight * aux
+            parts["aux"] = aux.detach()
+        if self.prototypes is not None and "prototype_features" in outputs:
+            prototype = self.prototypes(outputs["prototype_features"], label)
+            loss = loss + self.prototype_weight * prototype
+            parts["prototype"] = prototype.detach()
+        return {"loss": loss, **parts}
+
+
+class LogDepthL1(nn.Module):
+    """Depth task loss: mean |log predicted - log true depth| over pixels with a known depth.
+
+    L1 in log space penalises relative error, the quantity AbsRel reports (|d - d*| / d* is
+    |log d - log d*| to first order), equally at 3 m and at 60 m, where an L1 in metres would let
+    the far pixels dominate. Unlike the scale-invariant log loss it keeps the absolute scale, which
+    a metric depth output needs."""
+
+    def forward(self, log_depth: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """log_depth [B, H, W] (natural log of metres), depth [B, H, W] metres, 0 or non-finite where
+        unknown."""
+        valid = torch.isfinite(depth) & (depth > 0)
+        if not bool(valid.any()):  # no known depth in the batch: a zero that still carries the graph
+            return log_depth.sum() * 0.0
+        return (log_depth.float()[valid] - depth[valid].float().log()).abs().mean()

@@ -35,6 +35,10 @@ gives zeros instead of NaN in an exported graph; small enough that exp() is exac
 any present score (those are clamped to +-_MAX_LOGIT), in fp16 too."""
 _MAX_LOGIT = 30.0
 
+_MIN_WEIGHT_SUM = 2.0**-14
+"""Floor of the renormalising sum: fp16's smallest normal number (1e-12 becomes 0 in fp16, and
+an all-absent row then gives 0/0 = NaN). Any row with a modality present sums to >= 1/M."""
+
 
 class ModalityRouter(nn.Module):
     def __init__(self, embed_dim: int, num_modalities: int, top_k: int | None = None, kind: str = "sigmoid",
@@ -79,7 +83,7 @@ class ModalityRouter(nn.Module):
         if self.top_k is not None and self.top_k < self.num_modalities:
             keep = torch.zeros_like(weights).scatter(1, weights.topk(self.top_k, dim=1).indices, 1.0)
             weights = weights * keep
-        return weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return weights / weights.sum(dim=1, keepdim=True).clamp_min(_MIN_WEIGHT_SUM)
 
 
 def reported_weights(weights: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 The node's `output/labels` are matched to the bag's ground truth by header stamp (the node keeps
 the camera header), its `output/modality_health` gives the health counts and timeline, and its
-`output/overlay` the mosaic. Latency is measured here, end to end: receipt of a frame's labels
+`output/overlay` the mosaic. When the node publishes `output/depth` (a depth model) and the bag
+has ground-truth depth, the depth is scored the same way. Latency is measured here, end to end: receipt of a frame's labels
 minus receipt of the same camera image, both in this process over the same loopback DDS. Frames
 the node published no labels for are reported as dropped; /diagnostics adds the node's own count.
 """
@@ -39,6 +40,7 @@ class _Recorder:
         self.labels_received: dict[int, float] = {}
         self.camera_received: dict[int, float] = {}
         self.overlays: dict[int, np.ndarray] = {}
+        self.depth: dict[int, np.ndarray] = {}
         self.health: dict[int, dict[str, tuple[str, float]]] = {}
         self.node_values: dict[str, str] = {}
         self.last_output = time.monotonic()
@@ -51,6 +53,7 @@ class _Recorder:
             node.create_subscription(Image, self.output_topics[2], self._on_overlay, reliable),
             node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable),
             node.create_subscription(Image, BAG_TOPICS["rgb"], self._on_camera, qos_profile_sensor_data),
+            node.create_subscription(Image, f"{ns}/output/depth", self._on_depth, reliable),
         ]
 
     def _on_camera(self, msg) -> None:
@@ -70,6 +73,11 @@ class _Recorder:
         image = np.array(image_to_numpy(msg).array, np.uint8)
         with self.lock:
             self.overlays[stamp_to_ns(msg.header.stamp)] = image
+
+    def _on_depth(self, msg) -> None:
+        depth = np.array(image_to_numpy(msg).array, np.float32)
+        with self.lock:
+            self.depth[stamp_to_ns(msg.header.stamp)] = depth
 
     def _on_health(self, msg) -> None:
         row = {}
@@ -219,7 +227,7 @@ def read_camera_images(bag: Path, stamps: set[int]) -> dict[int, np.ndarray]:
 
 
 def _score(bag: Path, recorder: _Recorder, camera_frames: int, keep_labels: bool, model: dict | None) -> EvalResult:
-    truth, condition = read_ground_truth(bag)
+    truth, condition, truth_depth = read_ground_truth(bag)
     values = recorder.node_values
     result = EvalResult(source=str(bag), mode="live", model=model or {
         "backend": values.get("backend", "?"), "precision": values.get("precision", "?"),
@@ -236,6 +244,8 @@ def _score(bag: Path, recorder: _Recorder, camera_frames: int, keep_labels: bool
         pred, gt = recorder.labels[stamp], truth[stamp]
         cond = condition.get(stamp, "unknown")
         result.add(FULL, cond, pred, gt)
+        if stamp in recorder.depth and stamp in truth_depth:
+            result.add_depth(FULL, cond, recorder.depth[stamp], truth_depth[stamp])
         if keep_labels:
             result.labels[stamp] = pred
         if stamp in recorder.camera_received:

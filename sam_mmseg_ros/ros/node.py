@@ -22,10 +22,16 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from sam_mmseg_ros.contracts import INPUT_TOPICS, MODALITIES, NODE_NAME
+try:  # rclpy >= Iron; Humble has the same class in qos_event
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # pragma: no cover - Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+from sam_mmseg_ros.contracts import MODALITIES, NODE_NAME
+from sam_mmseg_ros.health import ERROR, WARN
 from sam_mmseg_ros.node_settings import OUTPUTS, NodeSettings, quaternion_matrix
 from sam_mmseg_ros.ros import diagnostics as diag
 from sam_mmseg_ros.ros.messages import array_to_pointcloud2, make_header, numpy_to_image
@@ -48,7 +54,8 @@ class SamMmsegNode(Node):
                     "color": self.create_publisher(Image, "~/output/color", reliable),
                     "overlay": self.create_publisher(Image, "~/output/overlay", reliable),
                     "painted_points": self.create_publisher(PointCloud2, "~/output/painted_points", reliable),
-                    "modality_health": self.create_publisher(DiagnosticArray, "~/output/modality_health", reliable)}
+                    "modality_health": self.create_publisher(DiagnosticArray, "~/output/modality_health", reliable),
+                    "depth": self.create_publisher(Image, "~/output/depth", reliable)}
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
         self._subscribe(settings)
 
@@ -118,22 +125,66 @@ class SamMmsegNode(Node):
     # ------------------------------------------------------------------------------ topics
 
     def _subscribe(self, settings: NodeSettings) -> None:
+        """One subscription per enabled input, on the topic map's topic (else ~/input/<kind>) with
+        the transport's type and suffix, each reporting an incompatible QoS to /diagnostics."""
         qos = QoSProfile(depth=settings.input_queue_depth,
                          reliability=(ReliabilityPolicy.BEST_EFFORT if settings.input_reliability == "best_effort"
                                       else ReliabilityPolicy.RELIABLE),
                          history=qos_profile_sensor_data.history, durability=qos_profile_sensor_data.durability)
         core = self.core
-        self.create_subscription(CameraInfo, INPUT_TOPICS["camera_info"],
-                                 lambda msg: core.on_message("camera_info", msg), qos)
-        types = {"depth": Image, **{m: PointCloud2 if settings.inputs[m] == "cloud" else Image
-                                    for m in ("event", "lidar")}}
+        stream_types = {"cloud": PointCloud2, "image": Image, "packet": self._event_packet_type()}
+        types = {"camera_info": CameraInfo,
+                 "depth": CompressedImage if settings.depth_transport == "compressedDepth" else Image,
+                 "event": stream_types[settings.inputs["event"]], "lidar": stream_types[settings.inputs["lidar"]]}
+        self.subscriptions_by_kind = {}
         for kind, msg_type in types.items():
-            if settings.enabled[kind]:
-                self.create_subscription(msg_type, INPUT_TOPICS[kind],
-                                         lambda msg, kind=kind: core.on_message(kind, msg), qos)
+            if kind != "camera_info" and not settings.enabled[kind]:
+                continue
+            if msg_type is None:
+                core.input_problem(kind, "event_input is 'packet' but event_camera_msgs is not installed (build it "
+                                   "into the ROS 2 workspace): no event subscription")
+                continue
+            self._input(kind, msg_type, lambda msg, kind=kind: core.on_message(kind, msg), qos, settings)
         # Last: the executor serves ready subscriptions in creation order, so messages that arrive
         # together with a camera image are buffered before that image triggers assembly.
-        self.create_subscription(Image, INPUT_TOPICS["rgb"], core.on_camera, qos)
+        self._input("rgb", CompressedImage if settings.rgb_transport == "compressed" else Image, self._on_camera,
+                    qos, settings)
+
+    def _input(self, kind: str, msg_type, callback, qos: QoSProfile, settings: NodeSettings) -> None:
+        subscription = None
+
+        def incompatible(info) -> None:
+            self._report_incompatible_qos(kind, subscription, qos, info)
+
+        subscription = self.create_subscription(
+            msg_type, settings.input_topic(kind), callback, qos,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=incompatible))
+        self.subscriptions_by_kind[kind] = subscription
+
+    @staticmethod
+    def _event_packet_type():
+        """event_camera_msgs/EventPacket when it is installed (a ROS 2 workspace), else None."""
+        try:
+            from event_camera_msgs.msg import EventPacket
+        except ImportError:
+            return None
+        return EventPacket
+
+    def _on_camera(self, msg) -> None:
+        if not self.core.on_camera(msg):  # undecodable: say so now, not at the next timer tick
+            self._publish_diagnostics(force=False)
+
+    def _report_incompatible_qos(self, kind: str, subscription, requested: QoSProfile, info) -> None:
+        """An incompatible publisher: nothing arrives on that input. Names both sides' policies."""
+        topic = subscription.topic_name
+        policy = getattr(info.last_policy_kind, "name", str(info.last_policy_kind))
+        offered = "; ".join(
+            f"{endpoint.node_namespace.rstrip('/')}/{endpoint.node_name} offers {describe_qos(endpoint.qos_profile)}"
+            for endpoint in self.get_publishers_info_by_topic(topic)) or "publisher gone"
+        text = (f"incompatible QoS on {topic} ({policy}): this node requests {describe_qos(requested)}; "
+                f"{offered}; no {kind} messages arrive")
+        self.core.input_problem(f"qos {kind}", text, ERROR if kind == "rgb" else WARN)
+        self._publish_diagnostics(force=False)
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
@@ -153,6 +204,8 @@ class SamMmsegNode(Node):
             self.pub["overlay"].publish(numpy_to_image(out.overlay, "rgb8", header))
         if out.painted_points is not None:
             self.pub["painted_points"].publish(array_to_pointcloud2(out.painted_points, header))
+        if out.depth is not None:
+            self.pub["depth"].publish(numpy_to_image(out.depth, "32FC1", header))
         if out.modality_health is not None:
             enabled = self.core.settings.enabled
             statuses = [diag.modality_status(self.get_name(), out.modality_health[m], enabled[m])
@@ -178,6 +231,12 @@ class SamMmsegNode(Node):
         self._stop.set()
         self._worker.join(timeout=2.0)  # a worker busy loading a model must not hold up a shutdown
         self._publish_diagnostics(force=True)
+
+
+def describe_qos(profile) -> str:
+    """The QoS policies that can make endpoints incompatible, as `ros2 topic info -v` names them."""
+    return (f"reliability {profile.reliability.name}, durability {profile.durability.name}, "
+            f"deadline {profile.deadline.nanoseconds / 1e9:g} s, liveliness {profile.liveliness.name}")
 
 
 def main(args=None) -> int:

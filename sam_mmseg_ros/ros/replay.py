@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from sam_mmseg_ros.contracts import BAG_TOPICS
-from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, bag_topics, read_raw
+from sam_mmseg_ros.data.bag_reader import BagError, BagReport, bag_topics
+from sam_mmseg_ros.data.bags import TF_STATIC_TOPIC, read_raw
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +60,38 @@ def _sleep_until(deadline: float, tick, clock_period: float | None, stop_event: 
         stop_event.wait(min(clock_period, deadline - now))
 
 
+def input_remapping(path: str | Path, params_file: str | Path | None = None,
+                    topic_map: dict[str, str] | None = None, node_name: str = "/sam_mmseg") -> dict[str, str]:
+    """Bag topic -> the topic the node subscribes to for that input: the topic map
+    (`topic_map.find_bag_topics`: `--topic`, the parameter file's topics.*, else the node's own
+    topics) tells which bag topic is which input; the node started with the same parameter file
+    listens on `NodeSettings.input_topic`, in the transport the recorded type needs. Topics that are
+    already where the node listens map to themselves."""
+    from sam_mmseg_ros.node_settings import NodeSettings
+    from sam_mmseg_ros.topic_map import find_bag_topics
+
+    recorded = {topic: msgtype for topic, (msgtype, _) in bag_topics(path).items()}
+    settings = NodeSettings.from_file(params_file)
+    found = find_bag_topics(recorded, settings, topic_map)
+    for parameter, value in found.overrides.items():
+        log.warning("the bag needs the node to run with %s:=%s (it has %s)", parameter, value,
+                    settings.values[parameter])
+    needed = NodeSettings.from_file(params_file, found.overrides)
+    return {topic: needed.input_topic(kind, node_name) for kind, topic in found.topics.items()}
+
+
 def replay_bag(path: str | Path, rate: float = 1.0, loop: bool = False, clock: bool = True, node=None,
                stop_event: threading.Event | None = None, topics: list[str] | None = None,
-               reliable: bool = True, clock_hz: float = 100.0, discovery_wait_s: float = 5.0) -> int:
+               reliable: bool = True, clock_hz: float = 100.0, discovery_wait_s: float = 5.0,
+               remap: dict[str, str] | None = None) -> int:
     """Publish the bag's messages with their recorded spacing divided by `rate`; returns how many.
 
+    `remap` (bag topic -> topic, see `input_remapping`) publishes the node's inputs where the node
+    listens; by default they go out under the recorded names, as `make-bag` writes the node's own.
     Without `node` a private rclpy context and node are created (the Fast DDS large-data profile
     is put into the environment first, since it is read when the participant is created) and
-    destroyed at the end. Before playing, waits up to `discovery_wait_s` for every input topic of the
-    node (contracts.BAG_TOPICS) in the bag to have a subscriber, so the first messages are not lost
-    to discovery.
+    destroyed at the end. Before playing, waits up to `discovery_wait_s` for every input of the
+    node in the bag to have a subscriber, so the first messages are not lost to discovery.
     """
     if rate <= 0:
         raise ValueError("rate must be > 0")
@@ -80,26 +103,32 @@ def replay_bag(path: str | Path, rate: float = 1.0, loop: bool = False, clock: b
         node, context = private_node("sam_mmseg_replay")
     try:
         return _play(node, Path(path), rate, loop, clock, stop_event, topics, reliable, clock_hz,
-                     discovery_wait_s)
+                     discovery_wait_s, remap)
     finally:
         if context is not None:
             node.destroy_node()
             context.try_shutdown()
 
 
-def _play(node, path, rate, loop, clock, stop_event, topics, reliable, clock_hz, discovery_wait_s) -> int:
-    publishers = {}
+def _play(node, path, rate, loop, clock, stop_event, topics, reliable, clock_hz, discovery_wait_s, remap) -> int:
+    remap = remap or {}
+    publishers, skipped = {}, []
     for topic, (msgtype, recorded) in bag_topics(path).items():
         if topics and topic not in topics:
             continue
         try:
             cls = message_class(msgtype)
-        except ImportError as exc:
-            log.warning("skipping %s: message type %s is not installed (%s)", topic, msgtype, exc)
+        except ImportError:
+            skipped.append(f"{topic} ({msgtype})")
             continue
-        publishers[topic] = node.create_publisher(cls, topic, _qos(topic, recorded, reliable))
+        publishers[topic] = node.create_publisher(cls, remap.get(topic, topic), _qos(topic, recorded, reliable))
+    if skipped:
+        log.warning("skipping topics whose message types are not installed: %s", ", ".join(skipped))
     if not publishers:
         raise ValueError(f"nothing to replay from {path} (topics: {topics or 'all'})")
+    for source, target in remap.items():
+        if source in publishers and source != target:
+            log.info("publishing %s on %s", source, target)
 
     tick = None
     clock_period = None
@@ -111,7 +140,8 @@ def _play(node, path, rate, loop, clock, stop_event, topics, reliable, clock_hz,
         clock_pub = node.create_publisher(Clock, "/clock", QoSProfile(depth=10))
         clock_period = 1.0 / clock_hz
     # Wait for the node's inputs to be matched, not for topics nobody may listen to (ground truth).
-    awaited = [p for t, p in publishers.items() if t in BAG_TOPICS.values()] or list(publishers.values())
+    inputs = set(remap) if remap else set(BAG_TOPICS.values())
+    awaited = [p for t, p in publishers.items() if t in inputs] or list(publishers.values())
     deadline = time.monotonic() + discovery_wait_s
     while time.monotonic() < deadline and not stop_event.is_set():
         if all(p.get_subscription_count() for p in awaited):
@@ -122,9 +152,10 @@ def _play(node, path, rate, loop, clock, stop_event, topics, reliable, clock_hz,
             log.info("playing although not every input topic has a subscriber after %.1f s", discovery_wait_s)
 
     count = 0
+    damage = BagReport()  # damaged messages are skipped (never published), logged once, counted
     while not stop_event.is_set():
         wall_start = bag_start = None
-        for topic, stamp, _, raw in read_raw(path, list(publishers)):
+        for topic, stamp, _, raw in read_raw(path, list(publishers), report=damage, check_cdr=True):
             if bag_start is None:
                 wall_start, bag_start = time.monotonic(), stamp
             if clock:
@@ -139,6 +170,9 @@ def _play(node, path, rate, loop, clock, stop_event, topics, reliable, clock_hz,
             count += 1
         if not loop or bag_start is None:
             break
+    if damage:
+        log.warning("%s is damaged: %d messages were not published (%s)", path, damage.total_skipped,
+                    "; ".join(damage.notes()))
     return count
 
 
@@ -157,21 +191,30 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="sensor-data QoS (best effort) instead of reliable publishers")
     parser.add_argument("--discovery-wait", type=float, default=5.0,
                         help="seconds to wait for subscribers before playing")
+    from sam_mmseg_ros.topic_map import add_topic_arguments
+
+    add_topic_arguments(parser)
+    parser.add_argument("--params-file", default=None,
+                        help="the node's parameter file: its topics.* and transports say where the node listens")
+    parser.add_argument("--node", default="/sam_mmseg", help="the node's name (with namespace) for ~/input topics")
 
 
 def run(args) -> int:
     if args.start_paused:
         input("press Enter to start playing ")
+    from sam_mmseg_ros.topic_map import parse_topic_map
+
     stop = threading.Event()
     try:
+        remap = input_remapping(args.bag, args.params_file, parse_topic_map(args.topic), args.node)
         count = replay_bag(args.bag, rate=args.rate, loop=args.loop, clock=args.clock, stop_event=stop,
                            topics=args.topics, reliable=not args.best_effort, clock_hz=args.clock_hz,
-                           discovery_wait_s=args.discovery_wait)
+                           discovery_wait_s=args.discovery_wait, remap=remap)
     except KeyboardInterrupt:
         stop.set()
         log.info("stopped")
         return 0
-    except FileNotFoundError as exc:  # no bag there: say so, without a traceback
+    except (FileNotFoundError, BagError) as exc:  # no bag there, or nothing readable: say so, no traceback
         log.error("cannot replay: %s", exc)
         return 1
     log.info("published %d messages from %s", count, args.bag)

@@ -6,7 +6,7 @@ Encoding (`encode_lidar`), per pixel of the model input, 0 where no point lands:
 | ch | meaning | scaling |
 |----|---------|---------|
 | 0 | nearness of the closest point | 1 - min(z, max_range) / max_range (z = depth along the optical axis) |
-| 1 | intensity of that point | intensity / scale, clipped to 1; scale = `intensity_scale`, else 1, 255 or 65535 by the largest value seen (float reflectivity, 8-bit, 16-bit drivers) |
+| 1 | intensity of that point | intensity / scale, clipped to 1; scale = `intensity_scale` (parameter `lidar_intensity_scale`), else fixed by the field's datatype (`INTENSITY_SCALES`), the same for every frame |
 | 2 | validity | 1 where a point landed |
 
 Validity has its own channel so that a far point (ch0 near 0) is not mistaken for "no point".
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sam_mmseg_ros.contracts import InputError, PointCloud
-from sam_mmseg_ros.sensors.camera import DISTORTION_CLAMP, CameraModel
+from sam_mmseg_ros.sensors.camera import CameraModel
 
 MIN_DEPTH_M = 0.1
 """Points closer than this to the camera plane are dropped (sensor housing, ego vehicle)."""
@@ -60,6 +60,7 @@ class ProjectedPoints:
     xn: np.ndarray  # float32 [K] x/z in the camera optical frame (before distortion)
     yn: np.ndarray  # float32 [K] y/z
     intensity: np.ndarray | None  # float32 [K], None when the cloud has none
+    intensity_scale: float  # full scale of the cloud's intensity field (`intensity_scale(dtype)`)
     row: np.ndarray  # int64 [K] pixel row at camera resolution
     col: np.ndarray  # int64 [K]
     width: int  # camera resolution
@@ -96,6 +97,7 @@ class LidarRaster:
     intensity: np.ndarray  # float32 [H, W] raw intensity of the nearest point, 0 = none
     valid: np.ndarray  # bool [H, W]
     has_intensity: bool
+    intensity_scale: float  # full scale of the raw intensity, from the cloud's field type
     points_total: int
     points_in_image: int
     nonfinite_count: int
@@ -170,6 +172,7 @@ def project_points(cloud: PointCloud, T_camera_lidar: np.ndarray, camera: Camera
         xn=xn,
         yn=yn,
         intensity=None if intensity is None else np.take(intensity, candidate).astype(np.float32, copy=False),
+        intensity_scale=255.0 if intensity is None else intensity_scale(intensity.dtype),
         row=row.astype(np.int64),
         col=col.astype(np.int64),
         width=camera.width,
@@ -208,6 +211,7 @@ def rasterize(projected: ProjectedPoints, camera: CameraModel,
         intensity=intensity.reshape(h, w),
         valid=valid.reshape(h, w),
         has_intensity=projected.intensity is not None,
+        intensity_scale=projected.intensity_scale,
         points_total=projected.points_total,
         points_in_image=len(projected),
         nonfinite_count=projected.nonfinite_count,
@@ -230,7 +234,7 @@ def encode_lidar(raster: LidarRaster, max_range_m: float = 80.0, intensity_scale
     nearness += 1.0
     np.put(out[0], hit, nearness)
     intensity = np.take(raster.intensity, hit)
-    scale = intensity_scale or _intensity_scale(intensity)
+    scale = intensity_scale or raster.intensity_scale
     intensity *= np.float32(1.0 / scale)
     np.put(out[1], hit, np.clip(intensity, 0.0, 1.0, out=intensity))
     np.put(out[2], hit, 1.0)
@@ -266,11 +270,20 @@ def _row_dot(columns: np.ndarray, row: np.ndarray, offset: np.float32) -> np.nda
     return out
 
 
-def _intensity_scale(intensity: np.ndarray) -> float:
-    peak = float(intensity.max()) if intensity.size else 0.0
-    if peak <= 1.0:
-        return 1.0
-    return 255.0 if peak <= 255.0 else 65535.0
+INTENSITY_SCALES: dict[str, float] = {"u1": 255.0, "i1": 127.0, "u2": 65535.0, "i2": 32767.0,
+                                      "u4": 65535.0, "i4": 65535.0, "f4": 255.0, "f8": 255.0}
+"""Full scale of an intensity field by its PointField datatype (numpy kind + size). Integer fields
+use their range (Livox uint8 reflectivity, 16-bit counts); 32-bit integers are photon counts that
+rarely pass 16 bits; float fields hold 0-255 in the Velodyne, Hesai and Livox drivers. A fixed
+scale keeps the channel comparable between frames (a scale picked per frame from the largest value
+made two Ouster frames with maxima 250 and 260 differ 257x); Ouster's float intensity goes
+beyond 255, so set `lidar_intensity_scale` for it."""
+
+
+def intensity_scale(dtype: np.dtype) -> float:
+    """The fixed full scale of an intensity field of this element type."""
+    dtype = np.dtype(dtype)
+    return INTENSITY_SCALES.get(f"{dtype.kind}{dtype.itemsize}", 255.0)
 
 
 _REGION_CACHE: dict[tuple, tuple] = {}
@@ -282,16 +295,17 @@ def _candidate_region(camera: CameraModel) -> tuple[float, float, float, float, 
     cannot land in the image, found once per camera by distorting a grid and keeping its
     points that land inside (one grid step of margin). With distortion, r_fold is the radius
     where the radial distortion stops increasing (the polynomial folds back far outside the
-    field of view, and `project` clamps at 2): points beyond it would land on wrong pixels."""
+    field of view, and `project` clamps at `camera.distortion_radius`): points beyond it would
+    land on wrong pixels."""
     key = camera.key()
     region = _REGION_CACHE.get(key)
     if region is None:
         r_fold = None
         if camera.has_distortion:
-            r = np.linspace(0.0, DISTORTION_CLAMP, 4001)
+            r = np.linspace(0.0, camera.distortion_radius, 4001)
             rd, _ = camera.distort(r, np.zeros_like(r))
             falling = np.flatnonzero(np.diff(rd) <= 0)
-            r_fold = float(r[falling[0]]) if falling.size else DISTORTION_CLAMP
+            r_fold = float(r[falling[0]]) if falling.size else camera.distortion_radius
             extent = r_fold
         else:
             u = np.array([-0.5, camera.width - 0.5])[:, None]

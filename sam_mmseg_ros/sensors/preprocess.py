@@ -53,7 +53,7 @@ class PreprocessConfig:
     lidar_max_range_m: float = default("lidar_max_range_m")
     rgb_resize: str = "area"  # "area" | "nearest" (integer factors; see sensors.rgb)
     depth_max_m: float = 80.0  # range of the "inverse" depth encoding
-    lidar_intensity_scale: float | None = None  # None: 1, 255 or 65535 from the values seen
+    lidar_intensity_scale: float | None = None  # None: fixed by the intensity field's datatype
     camera_height_m: float | None = None  # HHA ground level; None: estimated per frame
 
 
@@ -106,6 +106,10 @@ def preprocess(bundle: FrameBundle, config: PreprocessConfig | None = None,
             continue
         encoding = config.encodings[modality]
         try:
+            needs_camera = not is_image_input(data) if modality == "lidar" else (
+                modality == "depth" and not is_image_input(data) and _DEPTH_METHODS.get(encoding) == "hha")
+            if needs_camera and bundle.camera is None and "camera_info" in bundle.absent:
+                raise InputError(bundle.absent["camera_info"])  # e.g. an unsupported distortion model
             if modality == "rgb":
                 _, stats, rgb8 = encode_rgb(data, size, config.rgb_resize, out=slot)
             elif modality == "depth" and is_image_input(data):

@@ -7,6 +7,11 @@ full frame). Other factors (1920x1080 -> 512x512) block-average by the largest i
 that divide the image, which does the antialiasing, then resample bilinearly. "nearest"
 (strided sampling) is the fastest option for integer factors, for deployments that accept
 some aliasing.
+
+Camera-native layouts (YUV 4:2:2, NV12/NV21, Bayer mosaics) are converted to RGB first, with
+OpenCV: its SIMD colour conversions and demosaicing run a 1080p frame in a few ms (see
+docs/BENCHMARKS.md), where numpy would need many full-frame passes. OpenCV is imported only for
+those encodings, so the usual rgb8/bgr8 route stays a zero-copy view of the message.
 """
 
 from __future__ import annotations
@@ -37,7 +42,17 @@ _LAYOUTS: dict[str, tuple[int, type, tuple[int, int, int]]] = {
     "bgra16": (4, np.uint16, (2, 1, 0)),
     "mono16": (1, np.uint16, (0, 0, 0)),
 }
+# Camera layouts -> the OpenCV conversion to RGB. OpenCV names a Bayer pattern by the second row's
+# second and third pixels, so ROS's rggb is its "BG" (cv_bridge maps them the same way).
+_CAMERA_CONVERSIONS: dict[str, str] = {
+    "yuv422_yuy2": "COLOR_YUV2RGB_YUYV", "yuyv": "COLOR_YUV2RGB_YUYV",
+    "yuv422": "COLOR_YUV2RGB_UYVY", "uyvy": "COLOR_YUV2RGB_UYVY",
+    "nv12": "COLOR_YUV2RGB_NV12", "nv21": "COLOR_YUV2RGB_NV21",
+    **{f"bayer_{pattern}{bits}": f"COLOR_Bayer{cv}2RGB"
+       for pattern, cv in (("rggb", "BG"), ("bggr", "RG"), ("gbrg", "GR"), ("grbg", "GB")) for bits in (8, 16)},
+}
 RGB_ENCODINGS: tuple[str, ...] = tuple(_LAYOUTS)
+CAMERA_ENCODINGS: tuple[str, ...] = tuple(_CAMERA_CONVERSIONS)
 
 
 def rgb_to_uint8(image: ImageData) -> np.ndarray:
@@ -85,10 +100,12 @@ def encode_rgb(image: ImageData, size: tuple[int, int] = (512, 512), method: str
 
 def _decode(image: ImageData) -> tuple[np.ndarray, tuple[int, int, int]]:
     """(uint8 [H, W, C] pixels in the message's channel layout, index of R, G, B among them)."""
+    if image.encoding in _CAMERA_CONVERSIONS:
+        return camera_to_rgb(image), (0, 1, 2)
     layout = _LAYOUTS.get(image.encoding)
     if layout is None:
         raise InputError(f"unsupported image encoding '{image.encoding}' "
-                         f"(supported: {', '.join(RGB_ENCODINGS)})")
+                         f"(supported: {', '.join(RGB_ENCODINGS + CAMERA_ENCODINGS)})")
     channels, dtype, order = layout
     array = np.asarray(image.array)
     if array.ndim == 2 and channels == 1:
@@ -101,6 +118,28 @@ def _decode(image: ImageData) -> tuple[np.ndarray, tuple[int, int, int]]:
     if dtype == np.uint16:
         array = (array >> 8).astype(np.uint8)
     return array, order
+
+
+def camera_to_rgb(image: ImageData) -> np.ndarray:
+    """uint8 [H, W, 3] RGB of a YUV 4:2:2, NV12/NV21 or Bayer image (as `decoders.image` gives it).
+
+    16-bit Bayer keeps its high byte before demosaicing: the model sees 8 bits either way, and
+    demosaicing 8 bits is half the memory traffic."""
+    import cv2
+
+    array = np.asarray(image.array)
+    encoding = image.encoding
+    expected = (2, np.uint8) if encoding in ("yuv422_yuy2", "yuyv", "yuv422", "uyvy") else (
+        1, np.uint16 if encoding.endswith("16") else np.uint8)
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    if array.ndim not in (2, 3) or channels != expected[0] or array.dtype != expected[1]:
+        raise InputError(f"image with encoding '{encoding}' must be [H, W{', 2' if expected[0] == 2 else ''}] "
+                         f"{np.dtype(expected[1]).name}, got {list(array.shape)} {array.dtype}")
+    if array.shape[0] < 2 or array.shape[1] < 2:
+        raise InputError(f"image '{encoding}' is too small ({array.shape[1]}x{array.shape[0]})")
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)
+    return cv2.cvtColor(np.ascontiguousarray(array), getattr(cv2, _CAMERA_CONVERSIONS[encoding]))
 
 
 def _normalize_pixels(pixels: np.ndarray, order: tuple[int, int, int], size: tuple[int, int],
@@ -124,9 +163,9 @@ def _normalize_pixels(pixels: np.ndarray, order: tuple[int, int, int], size: tup
         # Block-average by the largest integer factors that divide the image and keep it at
         # least as large as the target (this is the antialiasing), then bilinear the rest.
         fy, fx = _largest_divisor(H, max(1, H // h)), _largest_divisor(W, max(1, W // w))
-        rows, cols = _linear_taps(H // fy, h), _linear_taps(W // fx, w)
+        rows, cols = linear_taps(H // fy, h), linear_taps(W // fx, w)
         for c, plane in enumerate(_block_sum_planes(pixels, order, fy, fx)):
-            np.multiply(_bilinear(plane, rows, cols), np.float32(1.0 / (255.0 * fy * fx * _STD[c])),
+            np.multiply(bilinear(plane, rows, cols), np.float32(1.0 / (255.0 * fy * fx * _STD[c])),
                         out=out[c])
             np.subtract(out[c], np.float32(_MEAN[c] / _STD[c]), out=out[c])
     return out
@@ -187,8 +226,8 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, min(at_most, 16) + 1) if n % d == 0)
 
 
-def _bilinear(plane: np.ndarray, rows, cols) -> np.ndarray:
-    """Separable bilinear resample of a [H, W] plane with taps from `_linear_taps`."""
+def bilinear(plane: np.ndarray, rows, cols) -> np.ndarray:
+    """Separable bilinear resample of a [H, W] plane with taps from `linear_taps`."""
     r0, r1, wr = rows
     c0, c1, wc = cols
     src = plane.astype(np.float32)
@@ -201,7 +240,7 @@ def _bilinear(plane: np.ndarray, rows, cols) -> np.ndarray:
     return out
 
 
-def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source indices and weight for output pixel centres (align_corners=False, clamped)."""
     position = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
     lower = np.floor(position).astype(np.intp)
