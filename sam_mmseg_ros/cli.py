@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("sam_mmseg_ros.evaluate", "evaluate on a bag or DELIVER folder, write reports"),
     "continual-report": ("sam_mmseg_ros.eval.continual", "accuracy matrix, forgetting and selector accuracy of "
                          "train --continual runs"),
+    "paired-eval": ("sam_mmseg_ros.eval.paired", "the same synthetic streets under every condition: fusion targets"),
     "replay": ("sam_mmseg_ros.ros.replay", "publish a rosbag2 over DDS with its timing and /clock"),
     "make-bag": ("sam_mmseg_ros.data.bags", "write synthetic or DELIVER sequences to a rosbag2"),
 }

@@ -375,7 +375,7 @@ def run(args, overrides: dict) -> int:
     train_sets, val_sets = domain_datasets(
         kind, (*known, *domains), (img_size, img_size), train_frames=args.train_frames or 128,
         val_frames=args.val_frames if args.val_frames is not None else 32, seed=args.seed or 0,
-        data_root=args.data_root, cache_dir=args.cache_dir, encodings=args.encodings, cases=args.cases)
+        data_root=args.data_root, cache_dir=args.data_cache, encodings=args.encodings, cases=args.cases)
     results = run_continual(config, train_sets, val_sets)
     last = results["rows"][-1]["domains"]
     log.info("final mIoU per domain: %s", {k: round(v["miou"] * 100, 1) for k, v in last.items()})
