@@ -208,8 +208,9 @@ def rgb_only_shortcut(model: nn.Module, config: TrainConfig) -> bool:
 
     if not (config.rgb_only and not config.train_experts and isinstance(model, MoELoRASAM)):
         return False
-    c = model.config  # the shortcut knows one semantic path through SAM's ViT and the router fusion
-    if c.backbone != "vit" or c.fusion != "router" or c.tasks != ("semantic",) or model.prototype_memory is not None:
+    c = model.config  # the shortcut knows one semantic path through SAM's ViT, its experts and the router fusion
+    if (c.backbone != "vit" or c.fusion != "router" or c.adapters != "experts" or c.tasks != ("semantic",)
+            or model.prototype_memory is not None):
         return False
     return all(not p.any() for name, p in model.image_encoder.named_parameters() if "lora_b" in name)
 
