@@ -68,7 +68,8 @@ def test_round_trip_equals_frames(tmp_path, frames, storage):
         truth_stamp, _, truth_msg = by_topic[GROUND_TRUTH_DEPTH_TOPIC][i]
         truth = image_to_numpy(truth_msg)
         assert truth.encoding == "32FC1" and truth_stamp == rgb[0]  # recorded with the labels
-        np.testing.assert_array_equal(truth.array, np.where(frame.depth > 0, frame.depth, np.nan))
+        gt = frame.ground_truth_depth()  # the scene, not the depth camera's measurement
+        np.testing.assert_array_equal(truth.array, np.where(gt > 0, gt, np.nan))
         camera = camera_info_to_model(by_topic[BAG_TOPICS["camera_info"]][i][2])
         assert np.array_equal(camera.K, frame.camera.K) and camera.frame_id == frame.camera.frame_id
         cloud = pointcloud2_to_cloud(by_topic[BAG_TOPICS["lidar"]][i][2])
