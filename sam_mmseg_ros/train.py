@@ -622,7 +622,7 @@ PRESETS: dict[str, Preset] = {
                     "tasks trained together with modality dropout (`--adapters experts --tasks "
                     "semantic` trains the single-task model with the same budget); the depth camera's input "
                     "gets holes in half the samples, so the model learns to fill them",
-        base={"model": "tiny", "img_size": 128, "batch_size": 8, "warmup_steps": 50,
+        base={"model": "tiny", "img_size": 256, "batch_size": 8, "warmup_steps": 50,  # the shipped model's size
               "init_checkpoint": str(DEFAULT_CHECKPOINT),
               "model_overrides": {"adapters": "ta_lora", "tasks": ["semantic", "depth"]}},
         stages=(Stage("tasks", {"steps": 600, "lr": 5e-4, "train_encoder": False, "train_experts": True,

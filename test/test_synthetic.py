@@ -376,7 +376,7 @@ def test_dataset_encodes_like_the_node_and_caches(tmp_path):
     from sam_mmseg_ros.pipeline import resize_nearest
 
     assert str(sample["depth"].dtype) == "torch.float32"  # the depth task's target: metres, 0 = sky
-    assert np.array_equal(sample["depth"].numpy(), resize_nearest(frame.depth, 64, 64))
+    assert np.array_equal(sample["depth"].numpy(), resize_nearest(frame.ground_truth_depth(), 64, 64))
 
     assert len(list(tmp_path.rglob("*.npz"))) == 1  # only the sequence holding frame 2 was rendered
     again = SyntheticDataset(seed=1, num_frames=3, size=(64, 64), conditions=("sun", "night"),

@@ -135,7 +135,7 @@ def evaluate_paired(backend, streets: Sequence[int], conditions: Sequence[str], 
             sequence += 1
             for frame in generate_sequence(config):
                 full = node.pipeline.run(frame.to_bundle(), frame.stamp_ns, frame.T_camera_lidar, paint=False)
-                labels = {name: full.labels if name == FULL else node.pipeline.labels_with_only(keep)
+                labels = {name: full.labels if name == FULL else node.pipeline.outputs_with_only(keep)[0]
                           for name, keep in subsets.items()}
                 _score(result, condition, frame, labels)
                 result.router_sums[condition] = result.router_sums.get(condition, 0.0) + full.router_weights
