@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("sam_mmseg_ros.engine.export", "export a checkpoint to ONNX (fp32 or fp16)"),
     "build-engine": ("sam_mmseg_ros.engine.build", "build (only) a TensorRT engine from ONNX"),
     "eval": ("sam_mmseg_ros.evaluate", "evaluate on a bag or DELIVER folder, write reports"),
+    "paired-eval": ("sam_mmseg_ros.eval.paired", "the same synthetic streets under every condition: fusion targets"),
     "replay": ("sam_mmseg_ros.ros.replay", "publish a rosbag2 over DDS with its timing and /clock"),
     "make-bag": ("sam_mmseg_ros.data.bags", "write synthetic or DELIVER sequences to a rosbag2"),
 }

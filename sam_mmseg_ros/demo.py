@@ -60,8 +60,9 @@ def lidar_outage(frames: int) -> range:
 
 def generate_bag(path: Path, frames: int, size: tuple[int, int], conditions: tuple[str, ...], seed: int):
     """`frames` camera frames split over `conditions`, one continuous 10 Hz timeline, with a LiDAR
-    outage (`lidar_outage`); returns the rig's T_camera_lidar (the node gets it as a parameter,
-    the same as on /tf_static)."""
+    outage (`lidar_outage`): the same street and vehicle (seed) under every condition, so the
+    conditions compare like with like. Returns the rig's T_camera_lidar (the node gets it as a
+    parameter, the same as on /tf_static)."""
     from tqdm import tqdm
 
     from sam_mmseg_ros.data.bags import write_bag
@@ -74,9 +75,9 @@ def generate_bag(path: Path, frames: int, size: tuple[int, int], conditions: tup
 
     def all_frames():
         start = SequenceConfig.start_ns
-        for i, (condition, count) in enumerate(zip(conditions, per_condition, strict=True)):
+        for condition, count in zip(conditions, per_condition, strict=True):
             config = SequenceConfig(width=width, height=height, num_frames=count, condition=condition,
-                                    seed=seed + i, start_ns=start)
+                                    seed=seed, rig_seed=seed, start_ns=start)
             for frame in generate_sequence(config):
                 extrinsic.append(frame.T_camera_lidar)
                 yield frame
@@ -165,12 +166,31 @@ def demo_section(live, offline, agreement: dict, node_exit: str, elapsed_s: floa
     rows += ["", "Offline, with modalities removed (the model's robustness to sensor failure):", "",
              "| subset | " + " | ".join(offline_summary["miou"]) + " |", "|---|" + "---|" * len(offline_summary["miou"]),
              "| mIoU (%) | " + " | ".join(_fmt(v) for v in offline_summary["miou"].values()) + " |"]
+    rows += ["", _gain_table(offline_summary)]
     if not live.model.get("trained"):
         rows[:0] = ["> **The model is untrained.** No trained checkpoint was found (the package ships "
                     "`sam_mmseg_ros/assets/synthetic_tiny.pt` once it is trained), so the node runs a randomly "
                     "initialised tiny model: its labels are noise and the mIoU is near zero. Everything else "
                     "(synchronization, health, DDS, latency, live/offline agreement) is real.", ""]
     return "\n".join(rows)
+
+
+def _gain_table(summary: dict) -> str:
+    """What the other sensors add to the camera per condition (the same street in every condition)."""
+    from sam_mmseg_ros.eval.results import FULL
+
+    per = summary["miou_per_condition"]
+    if "RGB" not in per or FULL not in per:
+        return ""
+    conditions = list(per[FULL])
+    gain = [None if per[FULL][c] is None or per["RGB"].get(c) is None else per[FULL][c] - per["RGB"][c]
+            for c in conditions]
+    lines = ["What depth, events and LiDAR add to the camera, per condition (offline, mIoU %; the same street "
+             "in every condition):", "", "| | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions),
+             "| RGB | " + " | ".join(_fmt(per["RGB"][c]) for c in conditions) + " |",
+             f"| {FULL} | " + " | ".join(_fmt(per[FULL][c]) for c in conditions) + " |",
+             "| gain (points) | " + " | ".join("n/a" if g is None else f"{g:+.1f}" for g in gain) + " |"]
+    return "\n".join(lines)
 
 
 def _fmt(value) -> str:

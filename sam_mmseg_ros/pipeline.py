@@ -71,7 +71,7 @@ class SegmentationPipeline:
         self.preprocess_config = preprocess_config
         self.health_monitor = health_monitor
         self._images: np.ndarray | None = None  # model input buffer, reused: infer is synchronous
-        self._unmasked: np.ndarray | None = None  # copy of the last frame's input, for labels_with_only
+        self._unmasked: np.ndarray | None = None  # copy of the last frame's input, for outputs_with_only
         self._mask: np.ndarray | None = None  # modality mask of the last frame run
         self._camera_size: tuple[int, int] = (0, 0)  # (height, width) of the last frame run
 

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from sam_mmseg_ros.contracts import IGNORE_LABEL, MODALITY_INDEX
-from sam_mmseg_ros.data.dataset import modality_dropout
+from sam_mmseg_ros.data.dataset import augment, modality_dropout
 from sam_mmseg_ros.model.checkpoint import DEFAULT_CHECKPOINT
 from sam_mmseg_ros.model.config import ADAPTERS, MODEL_CONFIGS, TASKS
 from sam_mmseg_ros.model.losses import LogDepthL1, SegmentationLoss
@@ -70,8 +70,10 @@ class TrainConfig:
     warmup_start: float = 0.1  # LR factor at step 0, rising linearly to 1 over warmup_steps
     poly_power: float = 0.9
     grad_clip: float = 1.0  # max gradient L2 norm; 0 disables
-    amp: str = "auto"  # CUDA only: auto (bf16 where supported, else fp16) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (CUDA: bf16 where supported, else fp16; CPU: off) | bf16 (CUDA or CPU) | fp16 (CUDA) | off
     modality_dropout: float = 0.0
+    augment: bool = False  # flips, random resized crops, colour jitter, blur (data.dataset.Augmentation)
+    class_balance: float = 0.0  # OHEM class weights frequency^-p over the training labels (0: none, 0.5: 1/sqrt)
     rgb_only: bool = False  # feed only the RGB slot (encoder pretraining)
     train_encoder: bool = False  # False: SAM encoder frozen, only experts, router and heads train
     train_experts: bool = True  # False keeps the LoRA experts at their init (encoder pretraining)
@@ -162,6 +164,49 @@ class _LogitsForward(nn.Module):
         return self.model.forward_logits(images, modality_mask)
 
 
+class _RGBOnlyForward(nn.Module):
+    """Encoder pretraining on RGB alone (`rgb_only`) that encodes only the RGB slot: a quarter of
+    the full forward's cost with four modalities. Valid while the LoRA experts are untrained
+    zeros (`rgb_only_shortcut`): every expert is then the plain encoder, so an RGB image may run
+    in any expert's place of the batch. The fusion sees one present modality with weight 1,
+    exactly what the router gives RGB when it is alone, so the logits equal `forward_logits` with
+    only RGB present (test_train checks it)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, modality_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        model = self.model
+        b, m, _, h, w = images.shape
+        rgb = images[:, MODALITY_INDEX["rgb"]]
+        pad = (-b) % m  # the encoder groups its batch by modality
+        embedding, blocks = model.image_encoder(torch.cat([rgb, rgb[:pad]]) if pad else rgb)
+        ones = images.new_ones(b, 1)
+        fused = model.fusion(embedding[:b, None], ones, ones)
+        fused_blocks = [model.fusion(f[:b, None], ones, ones, channel_dim=-1) for f in blocks]
+        weights = torch.zeros_like(modality_mask)
+        weights[:, MODALITY_INDEX["rgb"]] = 1.0
+        out = {"logits": model.decoder(fused, (h, w)), "router_weights": weights}
+        if model.aux_head is not None:
+            out["aux_logits"] = model.aux_head(fused_blocks, (h, w))
+        return out
+
+
+def rgb_only_shortcut(model: nn.Module, config: TrainConfig) -> bool:
+    """Whether RGB-only training may use `_RGBOnlyForward`: a MoE-LoRA SAM whose experts stay
+    frozen at their zero initialisation."""
+    from sam_mmseg_ros.model.sam_moe import MoELoRASAM
+
+    if not (config.rgb_only and not config.train_experts and isinstance(model, MoELoRASAM)):
+        return False
+    c = model.config  # the shortcut knows one semantic path through SAM's ViT, its experts and the router fusion
+    if (c.backbone != "vit" or c.fusion != "router" or c.adapters != "experts" or c.tasks != ("semantic",)
+            or model.prototype_memory is not None):
+        return False
+    return all(not p.any() for name, p in model.image_encoder.named_parameters() if "lora_b" in name)
+
+
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Linear warmup from `warmup_start`, then poly decay to 0 at `steps` (as CMNeXt/mmseg)."""
     if step < config.warmup_steps:
@@ -171,11 +216,34 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or config.amp == "off":
+    """The autocast dtype, or None for fp32. On the CPU only bf16 autocast exists (fast where the
+    CPU has AMX or AVX512-BF16), so `auto` stays fp32 there and says so, and fp16 is an error."""
+    if config.amp == "off":
         return None
+    if device.type == "cuda":
+        if config.amp == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
+    if config.amp == "fp16":
+        raise ValueError(f"--amp fp16 needs CUDA; on {device.type} use --amp bf16 or off")
     if config.amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
+        log.info("mixed precision off on %s (auto uses it on CUDA only; --amp bf16 turns on bf16 autocast)",
+                 device.type)
+        return None
+    return torch.bfloat16
+
+
+def _class_weights(dataset: Dataset, config: TrainConfig) -> torch.Tensor | None:
+    """OHEM class weights frequency^-class_balance from the training labels, scaled so that the
+    average labelled pixel weighs 1; classes that never occur get 0 (they have no pixels)."""
+    if config.class_balance <= 0:
+        return None
+    from sam_mmseg_ros.data.dataset import class_frequencies
+
+    freq = torch.as_tensor(class_frequencies(dataset, config.num_classes), dtype=torch.float64)
+    weights = torch.where(freq > 0, freq.clamp_min(1e-6) ** -config.class_balance, torch.zeros_like(freq))
+    weights = weights / (weights * freq).sum()
+    return weights.clamp_max(50.0).float()
 
 
 def _step_generator(config: TrainConfig, rank: int, step: int) -> torch.Generator:
@@ -203,19 +271,23 @@ def _batches(dataset: Dataset, config: TrainConfig, runtime: _Runtime, start_ste
 
 
 def _prepare_batch(batch: dict, config: TrainConfig, runtime: _Runtime, step: int):
-    images, mask = batch["images"], batch["modality_mask"]
+    images, mask, label = batch["images"], batch["modality_mask"], batch["label"]
+    generator = _step_generator(config, runtime.rank, step)
     if config.rgb_only:
         mask = torch.zeros_like(mask)
         mask[:, MODALITY_INDEX["rgb"]] = 1.0
     elif config.modality_dropout > 0:
-        mask = modality_dropout(mask, _step_generator(config, runtime.rank, step), config.modality_dropout)
+        mask = modality_dropout(mask, generator, config.modality_dropout)
+    depth = batch.get("depth")
+    if config.augment:
+        images, label, depth = augment(images, mask, label, generator, depth=depth)
     images = images * mask[:, :, None, None, None]
-    if config.depth_holes > 0 and "depth" in batch:
-        images = _with_depth_holes(images, mask, batch["depth"], config, runtime.rank, step)
+    if config.depth_holes > 0 and depth is not None:
+        images = _with_depth_holes(images, mask, depth, config, runtime.rank, step)
     device = runtime.device
-    depth = batch["depth"].to(device, non_blocking=True) if "depth" in batch else None
+    depth = depth.to(device, non_blocking=True) if depth is not None else None
     return (images.to(device, non_blocking=True), mask.to(device, non_blocking=True),
-            batch["label"].to(device, non_blocking=True), depth)
+            label.to(device, non_blocking=True), depth)
 
 
 def _with_depth_holes(images: torch.Tensor, mask: torch.Tensor, depth: torch.Tensor, config: TrainConfig,
@@ -386,6 +458,9 @@ def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, r
     model.set_encoder_trainable(config.train_encoder)
     for p in model.image_encoder.lora_parameters():
         p.requires_grad_(config.train_experts)
+    shortcut = rgb_only_shortcut(model, config)
+    if shortcut:  # RGB alone always gets router weight 1: the router has nothing to learn
+        model.router.requires_grad_(False)
     model.to(runtime.device).train()
     if runtime.is_main:
         trainable, total = model.parameter_counts()
@@ -403,14 +478,17 @@ def _train(config: TrainConfig, dataset: Dataset, val_dataset: Dataset | None, r
         _restore_rng_states(state["rng"], runtime)
         start_step = int(state["step"])
         log.info("resumed from %s at step %d", config.resume, start_step)
-    wrapped: nn.Module = _LogitsForward(model)
+    wrapped: nn.Module = _RGBOnlyForward(model) if shortcut else _LogitsForward(model)
     if runtime.distributed:
         # Every trainable parameter takes part in every step, even with modalities dropped: the
         # experts are stacked per modality in one tensor and absent slots are masked, not
         # skipped; so DDP need not search the graph for unused parameters.
         wrapped = DistributedDataParallel(
             wrapped, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    criterion = SegmentationLoss(aux_weight=config.aux_weight, thresh=config.ohem_thresh,
+    class_weights = _class_weights(dataset, config)
+    if class_weights is not None and runtime.is_main:
+        log.info("class-balanced OHEM, weights %s", [round(float(w), 2) for w in class_weights])
+    criterion = SegmentationLoss(aux_weight=config.aux_weight, thresh=config.ohem_thresh, class_weights=class_weights,
                                  prototypes=model.prototype_memory, prototype_weight=model.config.prototype_weight)
     depth_criterion = LogDepthL1() if "depth" in model.config.tasks else None
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -516,15 +594,18 @@ PRESETS: dict[str, Preset] = {
     "synthetic-tiny": Preset(
         description="the model shipped with the package: tiny SAM-architecture encoder pretrained on "
                     "synthetic RGB (standing in for SAM's pretraining), then frozen while the MoE-LoRA "
-                    "experts, router and heads learn all modalities with modality dropout",
-        base={"model": "tiny", "img_size": 128, "batch_size": 8, "warmup_steps": 50},
+                    "experts, the per-token router and the heads learn all modalities with modality dropout; "
+                    "augmented, class-balanced OHEM, square and wide cameras squeezed into a 256x256 input",
+        base={"model": "tiny", "img_size": 256, "batch_size": 8, "warmup_steps": 50, "augment": True,
+              "class_balance": 0.5, "model_overrides": {"router": "spatial", "fusion_mean": "learned"}},
         stages=(
-            Stage("pretrain", {"steps": 800, "lr": 1e-3, "train_encoder": True, "train_experts": False,
+            Stage("pretrain", {"steps": 900, "lr": 1e-3, "train_encoder": True, "train_experts": False,
                                "rgb_only": True, "modality_dropout": 0.0}),
             Stage("experts", {"steps": 1000, "lr": 1e-3, "train_encoder": False, "train_experts": True,
                               "rgb_only": False, "modality_dropout": 0.3}),
         ),
-        dataset={"dataset": "synthetic", "train_frames": 1024, "val_frames": 64},
+        dataset={"dataset": "synthetic", "train_frames": 1536, "val_frames": 64, "frames_per_sequence": 4,
+                 "render_sizes": [[256, 256], [240, 320], [180, 320]]},
     ),
     "synthetic-tiny-talora": Preset(
         description="semantic labels and dense metric depth from one model: the shipped model's "
@@ -532,7 +613,7 @@ PRESETS: dict[str, Preset] = {
                     "tasks trained together with modality dropout (`--adapters experts --tasks "
                     "semantic` trains the single-task model with the same budget); the depth camera's input "
                     "gets holes in half the samples, so the model learns to fill them",
-        base={"model": "tiny", "img_size": 128, "batch_size": 8, "warmup_steps": 50,
+        base={"model": "tiny", "img_size": 256, "batch_size": 8, "warmup_steps": 50,  # the shipped model's size
               "init_checkpoint": str(DEFAULT_CHECKPOINT),
               "model_overrides": {"adapters": "ta_lora", "tasks": ["semantic", "depth"]}},
         stages=(Stage("tasks", {"steps": 600, "lr": 5e-4, "train_encoder": False, "train_experts": True,
@@ -592,6 +673,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "images, as in papers; a node can then only take ready HHA images)")
     parser.add_argument("--train-frames", type=int, help="synthetic: number of training frames")
     parser.add_argument("--val-frames", type=int, help="synthetic: number of validation frames (0: none)")
+    parser.add_argument("--data-cache", metavar="DIR",
+                        help="synthetic: keep the encoded frames in DIR (.npz), so later runs do not render again")
     parser.add_argument("--model", help="model config name: " + ", ".join(MODEL_CONFIGS)
                         + " (SAM ViT; MoE-LoRA on SAM2 Hiera; MemorySAM; CPU-sized ones)")
     parser.add_argument("--img-size", type=int, help="square model input size (multiple of 16; 32 for hiera and memorysam)")
@@ -611,7 +694,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="probability of dropping each modality in a sample (never all)")
     parser.add_argument("--train-encoder", action="store_true", default=None,
                         help="also train the SAM encoder (pretraining only)")
-    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="mixed precision on CUDA")
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
+                        help="mixed precision: auto = bf16/fp16 on CUDA, off on the CPU (said in the log); bf16 also "
+                             "works on the CPU (fast with AMX); fp16 needs CUDA")
+    parser.add_argument("--augment", action="store_true", default=None,
+                        help="flips, random resized crops, colour jitter and blur (RGB only for the last two)")
+    parser.add_argument("--class-balance", type=float, metavar="P",
+                        help="class-balanced OHEM: weight classes by training-label frequency^-P (0.5: 1/sqrt)")
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--num-workers", type=int, help="DataLoader worker processes")
     parser.add_argument("--seed", type=int)
@@ -624,8 +713,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 _CONFIG_ARGS = ("model", "img_size", "sam_checkpoint", "init_checkpoint", "steps", "batch_size", "lr",
-                "modality_dropout", "train_encoder", "amp", "checkpoint_every", "num_workers", "seed",
-                "device", "out_dir", "progress", "depth_weight", "depth_holes")
+                "modality_dropout", "train_encoder", "amp", "augment", "class_balance", "checkpoint_every",
+                "num_workers", "seed", "device", "out_dir", "progress", "depth_weight", "depth_holes")
 _MODEL_ARGS = ("adapters", "tasks")
 """Options that are ModelConfig fields (TrainConfig.model_overrides)."""
 
@@ -660,9 +749,13 @@ def _datasets(kind: str, args: argparse.Namespace, img_size: int, data: dict,
         if not all(name in live_encodings(m) for m, name in encodings.items()):
             raise SystemExit(f"--encodings {args.encodings}: synthetic data is encoded from raw sensor data "
                              "(native or deliver)")
-        train_set = SyntheticDataset(seed=args.seed or 0, num_frames=train_frames, size=size, encodings=encodings)
-        val_set = SyntheticDataset(seed=(args.seed or 0) + 1_000_000, num_frames=val_frames, size=size,
-                                   encodings=encodings) if val_frames else None
+        # Other camera shapes, squeezed into the model input as the node squeezes them.
+        shapes = {"render_sizes": [tuple(s) for s in data.get("render_sizes", [size])],
+                  "frames_per_sequence": data.get("frames_per_sequence", 4), "encodings": encodings,
+                  "cache_dir": getattr(args, "data_cache", None)}
+        train_set = SyntheticDataset(seed=args.seed or 0, num_frames=train_frames, size=size, **shapes)
+        val_set = SyntheticDataset(seed=(args.seed or 0) + 1_000_000, num_frames=val_frames, size=size, **shapes) \
+            if val_frames else None
         return train_set, val_set
     from sam_mmseg_ros.data.deliver import DeliverDataset
 

@@ -31,7 +31,8 @@ def rendered(tmp_path_factory):
     root = tmp_path_factory.mktemp("deliver_rendered")
     frames = {}
     for condition, events in (("sun", None), ("night", (48, 32)), ("fog", (40, 30))):
-        config = SequenceConfig(width=96, height=64, num_frames=2, condition=condition, seed=1,
+        # DELIVER's cameras have a 90 degree field of view; the reader assumes it.
+        config = SequenceConfig(width=96, height=64, num_frames=2, condition=condition, seed=1, hfov_deg=90.0,
                                 event_width=events and events[0], event_height=events and events[1])
         for frame in generate_sequence(config):
             sequence = "MAP_1_point0" + ("_eventlowres" if events else "")

@@ -41,4 +41,5 @@ def test_short_demo_writes_every_file_and_live_matches_offline(tmp_path):
     assert len(offline["miou"]) > 1  # modality subsets
     report = (out / "report.md").read_text()
     assert "live vs offline" in report and "Latency" in report and "Health" in report
+    assert "What depth, events and LiDAR add to the camera, per condition" in report and "gain (points)" in report
     assert ("UNTRAINED" in report) != metrics["live"]["model"]["trained"]

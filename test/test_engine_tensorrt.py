@@ -28,6 +28,7 @@ from sam_mmseg_ros.engine import BackendUnavailable, create_backend, engine_cach
 from sam_mmseg_ros.engine.build import EXIT_BUILD_FAILED, EXIT_NO_TENSORRT
 from sam_mmseg_ros.engine.engine_cache import EngineCacheError, read_record, sidecar_path
 from sam_mmseg_ros.engine.export import read_metadata, write_metadata
+from sam_mmseg_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 BACKEND_SOURCE = Path(trt_backend.__file__).read_text()
 
@@ -900,7 +901,8 @@ def test_build_engine_verify_exports_builds_and_reports(monkeypatch, tmp_path, c
     assert cli.main(["build-engine", "--cache-dir", str(tmp_path), "--no-progress", "--verify", "--frames", "2",
                      "--camera-size", "96", "128", "--latency-runs", "3", "--report", str(report)]) == 0
     onnx_path = Path(fake.builds[0]["network"]["onnx"])
-    assert read_metadata(onnx_path)["precision"] == "fp16" and read_metadata(onnx_path)["input_size"] == [128, 128]
+    shipped_size = [load_checkpoint(DEFAULT_CHECKPOINT)[0].config.img_size] * 2
+    assert read_metadata(onnx_path)["precision"] == "fp16" and read_metadata(onnx_path)["input_size"] == shipped_size
     assert loaded == [{"use_cuda_graph": False, "device_index": 0}]
     data = json.loads(report.with_suffix(".json").read_text())
     assert data["passed"] and data["label_agreement"] >= 0.99 and data["precision"] == "fp16"

@@ -11,7 +11,7 @@ from sam_mmseg_ros.data.bags import read_bag, write_bag
 from sam_mmseg_ros.data.synthetic import SequenceConfig, generate_sequence
 from sam_mmseg_ros.eval.offline import evaluate_bag, evaluate_deliver
 from sam_mmseg_ros.eval.report import write_report
-from sam_mmseg_ros.eval.results import FULL, SUBSETS, label_agreement
+from sam_mmseg_ros.eval.results import FULL, PRIOR, SUBSETS, label_agreement
 from sam_mmseg_ros.ingest import OfflineNode, topic_kinds
 from sam_mmseg_ros.labels import NUM_CLASSES
 from sam_mmseg_ros.node_settings import NodeSettings
@@ -42,7 +42,7 @@ def bag(tmp_path_factory):
     for i, condition in enumerate(CONDITIONS):
         start = SequenceConfig.start_ns + i * FRAMES_PER_CONDITION * 100_000_000
         frames += generate_sequence(SequenceConfig(width=64, height=48, num_frames=FRAMES_PER_CONDITION,
-                                                   condition=condition, seed=i, start_ns=start))
+                                                   condition=condition, seed=i, rig_seed=0, start_ns=start))
     write_bag(frames, path, leave_out=OUTAGE)
     return path
 
@@ -100,6 +100,33 @@ def test_offline_eval_writes_reports_and_is_deterministic(bag, backend, tmp_path
     report = (tmp_path / "report.md").read_text()
     assert "mIoU by modality subset" in report and "without lidar" in report
     assert summary["miou"] == written["miou"]
+    # The sensor-free layout prior is in every report, scored on the same frames.
+    prior = written["layout_prior"]
+    assert 0 < prior["miou"] < 100 and set(prior["miou_per_condition"]) == set(CONDITIONS)
+    assert f"| {PRIOR} |" in report
+
+
+def test_layout_prior_is_the_majority_class_per_pixel():
+    from sam_mmseg_ros.eval.baselines import LayoutPrior
+    from sam_mmseg_ros.eval.metrics import ConfusionMatrix
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 4, (6, 8)) for _ in range(9)]
+    frames += [np.full((12, 16), 2)]  # another camera size: sampled on the first frame's grid
+    prior = LayoutPrior(num_classes=4)
+    for i, gt in enumerate(frames):
+        prior.update(gt, "a" if i < 5 else "b")
+    same_grid = [f if f.shape == (6, 8) else f[::2, ::2] for f in frames]
+    counts = np.stack([(np.stack(same_grid) == c).sum(0) for c in range(4)])
+    np.testing.assert_array_equal(prior.prediction(), counts.argmax(0))
+    expected = ConfusionMatrix(4)
+    for gt in same_grid[:5]:
+        expected.update(counts.argmax(0), gt)
+    np.testing.assert_array_equal(prior.confusion("a").matrix, expected.matrix)
+    total = ConfusionMatrix(4)
+    for gt in same_grid:
+        total.update(counts.argmax(0), gt)
+    np.testing.assert_array_equal(prior.confusion().matrix, total.matrix)
 
 
 def test_deliver_eval(tmp_path, backend):

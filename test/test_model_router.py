@@ -2,11 +2,12 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
 from sam_mmseg_ros.model.fusion import ModalityFusion
-from sam_mmseg_ros.model.router import ModalityRouter
+from sam_mmseg_ros.model.router import ModalityRouter, reported_weights
 
 MASKS = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
 
@@ -87,3 +88,83 @@ def test_fusion_is_weighted_sum_plus_mean_of_present_and_ignores_absent():
     garbage = features.clone()
     garbage[MASKS == 0] = 1e6  # an absent slot's content must never reach the output
     assert torch.equal(ModalityFusion()(garbage, weights, MASKS), fused)
+
+
+def _unbounded(kind, top_k=None):
+    torch.manual_seed(0)
+    router = ModalityRouter(embed_dim=16, num_modalities=4, top_k=top_k, kind=kind)
+    with torch.no_grad():
+        router.gate.weight.normal_(0, 2.0)
+    return router
+
+
+@torch.no_grad()
+def test_softmax_router_can_turn_a_modality_down_beyond_the_sigmoid_cap():
+    # A sigmoid score is in (0, 1): no weight exceeds another by more than e. Unbounded logits can.
+    features = _features()
+    bounded = _router()(features, torch.ones(4, 4)).detach()
+    assert float((bounded.max(1).values / bounded.min(1).values).max()) <= np.e + 1e-4
+    router = _unbounded("softmax")
+    with torch.no_grad():
+        router.gate.weight.mul_(0.01)
+        router.modality_bias.copy_(torch.tensor([-8.0, 0.0, 0.0, 0.0]))
+    weights = router(features, torch.ones(4, 4))
+    assert float(weights[:, 0].max()) < 1e-3
+    assert torch.allclose(weights.sum(1), torch.ones(4), atol=1e-6)
+    # A lower temperature sharpens the same logits.
+    logits = router.scores(features)
+    with torch.no_grad():
+        router.log_temperature.fill_(np.log(0.5))
+    assert torch.allclose(router.scores(features), (2 * logits).clamp(-30, 30), atol=1e-5)
+
+
+@torch.no_grad()
+def test_spatial_router_weighs_each_token_and_reports_the_spatial_mean():
+    router = _unbounded("spatial")
+    features = _features()
+    weights = router(features, MASKS)
+    assert weights.shape == (4, 4, 3, 5)
+    assert torch.allclose(weights.sum(dim=1), torch.ones(4, 3, 5), atol=1e-6)
+    assert torch.all(weights[MASKS == 0] == 0)
+    reported = reported_weights(weights)
+    assert reported.shape == (4, 4) and torch.allclose(reported.sum(1), torch.ones(4), atol=1e-6)
+    # Tokens are routed independently: the weights vary over space.
+    assert float(weights[0, 0].std()) > 0.01
+    noisy = features.clone()
+    noisy[MASKS == 0] = 1e3
+    assert torch.equal(router(noisy, MASKS), weights)
+    sparse = _unbounded("spatial", top_k=1)(features, MASKS)
+    assert torch.all((sparse > 0).sum(dim=1) == 1)
+
+
+@torch.no_grad()
+def test_fusion_with_per_token_weights_and_without_the_mean_term():
+    features = torch.randn(4, 4, 8, 3, 5)
+    weights = _unbounded("spatial")(_features(), MASKS)
+    fused = ModalityFusion(mean="none")(features, weights, MASKS)
+    expected = (weights[:, :, None] * features * MASKS[:, :, None, None, None]).sum(1)
+    assert torch.allclose(fused, expected, atol=1e-5)
+    channels_last = ModalityFusion(mean="none")(features.permute(0, 1, 3, 4, 2), weights, MASKS, channel_dim=-1)
+    assert torch.allclose(channels_last, expected.permute(0, 2, 3, 1), atol=1e-5)
+    learned = ModalityFusion(mean="learned")
+    with torch.no_grad():
+        learned.mean_weight.fill_(0.25)
+    mean = (features * MASKS[:, :, None, None, None]).sum(1) / MASKS.sum(1).clamp_min(1)[:, None, None, None]
+    assert torch.allclose(learned(features, weights, MASKS), expected + 0.25 * mean, atol=1e-5)
+
+
+def test_router_and_fusion_are_config_choices_saved_with_the_model(tmp_path):
+    from sam_mmseg_ros.model import build_model, load_checkpoint, save_checkpoint
+
+    model = build_model("tiny", img_size=64, depth=2, global_attn_indexes=(1,), aux_block_indexes=(0, 1),
+                        router="spatial", fusion_mean="learned")
+    save_checkpoint(tmp_path / "m.pt", model)
+    loaded, _ = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.config.router == "spatial" and loaded.router.kind == "spatial"
+    assert loaded.fusion.mean == "learned"
+    images, mask = torch.randn(1, 4, 3, 64, 64), torch.tensor([[1.0, 1.0, 0.0, 1.0]])
+    out = loaded.eval()(images * mask[:, :, None, None, None], mask)
+    assert out["router_weights"].shape == (1, 4) and float(out["router_weights"][0, 2]) == 0.0
+    assert abs(float(out["router_weights"].sum()) - 1.0) < 1e-5
+    with pytest.raises(ValueError, match="router"):
+        build_model("tiny", router="attention")

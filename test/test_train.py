@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -14,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from sam_mmseg_ros.contracts import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, MODALITIES, InputError
-from sam_mmseg_ros.data.dataset import modality_dropout
+from sam_mmseg_ros.data.dataset import Augmentation, augment, modality_dropout
 from sam_mmseg_ros.data.deliver import (
     DELIVER_CONDITIONS,
     DeliverDataset,
@@ -171,6 +173,32 @@ def test_modality_dropout_never_drops_all_and_drops_any_subset():
     assert torch.equal(modality_dropout(partial, generator, p=0.0), partial)
 
 
+# --- augmentation -----------------------------------------------------------------------------
+
+
+def test_augmentation_moves_modalities_and_labels_together_and_colours_only_rgb():
+    generator = torch.Generator().manual_seed(3)
+    b, h, w = 6, 24, 32
+    label = torch.randint(0, 8, (b, h, w))
+    images = torch.zeros(b, 4, 3, h, w)
+    images[:, 1] = label[:, None].float() / 10  # depth slot: the label, so geometry can be compared
+    images[:, 3] = (label[:, None] == 3).float()  # a sparse "LiDAR" raster
+    images[:, 0] = torch.randn(b, 3, h, w)
+    mask = torch.ones(b, 4)
+    mask[1, 2] = 0.0  # an absent event slot stays all zeros
+    depth = label.float() * 2.0  # a depth target moves with the label
+    out, out_label, out_depth = augment(images, mask, label, generator, Augmentation(crop=1.0, flip=0.5, blur=0.5),
+                                        depth=depth)
+    assert torch.equal(out_depth, out_label.float() * 2.0)
+    assert out.shape == images.shape and out_label.shape == label.shape and out_label.dtype == label.dtype
+    assert torch.equal(out[:, 1], out_label[:, None].float().expand(-1, 3, -1, -1) / 10)  # moved together
+    assert set(out[:, 3].unique().tolist()) <= {0.0, 1.0}  # nearest: no LiDAR value no sensor made
+    assert out[1, 2].abs().sum() == 0
+    assert not torch.equal(out[:, 0], images[:, 0])
+    again = augment(images, mask, label, torch.Generator().manual_seed(3), Augmentation(crop=1.0, flip=0.5, blur=0.5))
+    assert torch.equal(again[0], out) and torch.equal(again[1], out_label)  # the generator decides
+
+
 # --- loss -------------------------------------------------------------------------------------
 
 
@@ -197,6 +225,55 @@ def test_ohem_hand_example():
     all_ignored = torch.full((1, 1, 4), IGNORE_LABEL)
     zero = OhemCrossEntropy()(logits.requires_grad_(), all_ignored)
     assert zero.item() == 0 and zero.requires_grad
+
+
+def test_class_balanced_ohem_weighs_the_hard_pixels_by_class():
+    logits = torch.stack([torch.zeros(4), torch.log(torch.tensor([0.5, 0.2, 0.5, 0.9]) / 0.5)]).view(1, 2, 1, 4)
+    # Pixels 0 and 1 are class 1 (probability 0.5 and 0.2: hard), 2 and 3 class 0 (0.5 and 0.36: hard).
+    label = torch.tensor([[[1, 1, 0, 0]]])
+    plain = F.cross_entropy(logits, label, reduction="none").view(-1)
+    hard = plain > -math.log(0.7)
+    weights = torch.tensor([3.0, 1.0])
+    w = weights[label.view(-1)][hard]
+    expected = float((plain[hard] * w).sum() / w.sum())
+    got = OhemCrossEntropy(thresh=0.7, class_weights=weights)(logits, label).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert got != pytest.approx(float(plain[hard].mean()), rel=1e-3)
+
+
+def test_amp_on_the_cpu_is_bf16_or_says_it_is_off(caplog):
+    from sam_mmseg_ros.train import _amp_dtype
+
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.INFO, logger="sam_mmseg_ros.train"):
+        assert _amp_dtype(TrainConfig(amp="auto"), cpu) is None
+    assert "mixed precision off on cpu" in caplog.text
+    assert _amp_dtype(TrainConfig(amp="bf16"), cpu) == torch.bfloat16
+    assert _amp_dtype(TrainConfig(amp="off"), cpu) is None
+    with pytest.raises(ValueError, match="needs CUDA"):
+        _amp_dtype(TrainConfig(amp="fp16"), cpu)
+
+
+def test_rgb_only_pretraining_encodes_only_rgb_and_matches_the_full_forward():
+    from sam_mmseg_ros.model import build_model
+    from sam_mmseg_ros.train import _RGBOnlyForward, rgb_only_shortcut
+
+    torch.manual_seed(0)
+    overrides = {k: v for k, v in SMALL_MODEL.items()}
+    for router, mean in (("sigmoid", "plain"), ("spatial", "learned"), ("softmax", "none")):
+        model = build_model("tiny", img_size=SIZE, router=router, fusion_mean=mean, **overrides).eval()
+        config = TrainConfig(rgb_only=True, train_experts=False)
+        assert rgb_only_shortcut(model, config) and not rgb_only_shortcut(model, replace(config, rgb_only=False))
+        images = torch.randn(6, 4, 3, SIZE, SIZE)  # 6: not a multiple of 4 modalities
+        mask = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(6, 1)
+        with torch.no_grad():
+            want = model.forward_logits(images * mask[:, :, None, None, None], mask)
+            got = _RGBOnlyForward(model)(images, mask)
+        for key in ("logits", "aux_logits", "router_weights"):
+            torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        model.image_encoder.blocks[0].attn.qkv.lora_b_q.add_(0.1)  # trained experts: not valid any more
+    assert not rgb_only_shortcut(model, config)
 
 
 def test_log_depth_l1_hand_example():

@@ -398,7 +398,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth-holes", action="store_true",
                         help="synthetic: the depth camera loses far pixels and patches (data/depth_holes.py); "
                              "the ground-truth depth keeps them")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="synthetic: the vehicle (camera mount, lens), and the street of the first condition")
+    parser.add_argument("--paired", action="store_true",
+                        help="synthetic: the same street (--seed) under every condition, for like-with-like "
+                             "comparisons; default: street seed+i for the i-th condition")
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--storage", choices=STORAGES, default="mcap")
     parser.add_argument("--deliver", metavar="DIR", help="convert this DELIVER folder instead of generating")
@@ -420,9 +424,11 @@ def _synthetic_frames(args) -> tuple[Iterator, int]:
 
     conditions = args.conditions or ("sun",)
     # Built (and so validated) before the bag is created; the sequences follow each other in time.
+    # One vehicle (rig_seed) records the whole bag: one camera mount, one LiDAR extrinsic on /tf_static.
     configs = [SequenceConfig(width=width, height=height, fps=args.fps, num_frames=args.frames,
                               condition=condition, failures=args.failures, lidar_beams=args.lidar_beams,
-                              event_width=event_w, event_height=event_h, seed=args.seed + i,
+                              event_width=event_w, event_height=event_h,
+                              seed=args.seed if args.paired else args.seed + i, rig_seed=args.seed,
                               start_ns=SequenceConfig.start_ns + i * args.frames * period_ns)
                for i, condition in enumerate(conditions)]
     frames = (frame for config in configs for frame in generate_sequence(config))

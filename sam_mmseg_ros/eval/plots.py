@@ -153,3 +153,52 @@ def plot_health_timeline(times_s, states: dict[str, list[str]], path, router_wei
                    loc="lower center", ncol=len(HEALTH_STATES), frameon=False, bbox_to_anchor=(0.5, 1.0))
     axes[0].set_title("Modality health" + (" and router weight" if with_weights else ""), pad=26)
     return _save(fig, path)
+
+
+MODALITY_COLORS = {"rgb": "#d62728", "depth": "#1f77b4", "event": "#9467bd", "lidar": "#2ca02c"}
+
+
+def plot_router_weights(weights: dict[str, dict[str, float]], modalities, path) -> Path:
+    """Stacked bars of the router's mean weight per modality, one bar per condition."""
+    from matplotlib.figure import Figure
+
+    conditions = list(weights)
+    fig = Figure(figsize=(1.1 * len(conditions) + 2.5, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    x = np.arange(len(conditions))
+    bottom = np.zeros(len(conditions))
+    for m in modalities:
+        values = np.array([weights[c][m] for c in conditions])
+        ax.bar(x, values, bottom=bottom, color=MODALITY_COLORS.get(m), label=m, edgecolor="white", linewidth=0.5)
+        for xi, (b, v) in enumerate(zip(bottom, values, strict=True)):
+            if v > 0.06:
+                ax.text(xi, b + v / 2, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white")
+        bottom += values
+    ax.set_xticks(x, conditions)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("router weight (mean over frames)")
+    ax.set_title("Router weight per modality and condition")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _save(fig, path)
+
+
+def plot_condition_miou(per_condition: dict[str, dict[str, float | None]], rows, conditions, path) -> Path:
+    """Grouped bars of mIoU (%) per condition for the given rows (modality subsets, baselines)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.4 * len(conditions) + 2.5, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    width = 0.8 / len(rows)
+    x = np.arange(len(conditions))
+    for i, row in enumerate(rows):
+        values = np.array([np.nan if per_condition[row][c] is None else per_condition[row][c] for c in conditions])
+        bars = ax.bar(x + (i - (len(rows) - 1) / 2) * width, np.nan_to_num(values), width, label=row)
+        for bar, v in zip(bars, values, strict=True):
+            if np.isfinite(v):
+                ax.text(bar.get_x() + bar.get_width() / 2, v + 0.5, f"{v:.0f}", ha="center", fontsize=7)
+    ax.set_xticks(x, conditions)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("mIoU per condition (same streets in every condition)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

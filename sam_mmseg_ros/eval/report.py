@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from sam_mmseg_ros.contracts import HEALTH_STATES, MODALITIES
-from sam_mmseg_ros.eval.results import FULL, EvalResult
+from sam_mmseg_ros.eval.results import FULL, PRIOR, EvalResult
 from sam_mmseg_ros.labels import CLASSES
 
 
@@ -69,13 +69,23 @@ def render_markdown(summary: dict, title: str, figures: list[str] | None = None,
     lines += [f"- **mIoU ({FULL}): {_fmt(full)} %**", ""]
     for section in extra_sections or []:
         lines += [section, ""]
+    prior = summary.get("layout_prior") or {}
     if len(summary["miou"]) > 1:
         lines += ["## mIoU by modality subset", "", "| subset | mIoU (%) | pixel accuracy (%) |", "|---|---|---|"]
         for subset, miou in summary["miou"].items():
             lines.append(f"| {subset} | {_fmt(miou)} | {_fmt(summary['pixel_accuracy'][subset])} |")
+        if prior:
+            lines.append(f"| {PRIOR} | {_fmt(prior['miou'])} | {_fmt(prior['pixel_accuracy'])} |")
     elif full is not None:
         lines.append(f"Pixel accuracy ({FULL}): {_fmt(summary['pixel_accuracy'][FULL])} %")
-    lines += _breakdown("mIoU per condition (%)", summary["miou_per_condition"])
+    per_condition = dict(summary["miou_per_condition"])
+    if prior:
+        per_condition[PRIOR] = prior["miou_per_condition"]
+    lines += _breakdown("mIoU per condition (%)", per_condition)
+    if prior:
+        lines += ["", f"The {PRIOR} predicts at every pixel the class most frequent there in these same frames "
+                  f"(sampled on a {prior['grid'][0]}x{prior['grid'][1]} grid), without any sensor: an upper bound "
+                  "for knowing only the layout of the scenes."]
     if any(c != "normal" for d in summary.get("miou_per_case", {}).values() for c in d):
         lines += _breakdown("mIoU per sensor-failure case (%)", summary["miou_per_case"])
     lines += depth_sections(summary)

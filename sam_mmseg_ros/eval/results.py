@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sam_mmseg_ros.contracts import HEALTH_STATES, MODALITIES
+from sam_mmseg_ros.eval.baselines import LayoutPrior
 from sam_mmseg_ros.eval.metrics import ConfusionMatrix, DepthErrors
 from sam_mmseg_ros.labels import CLASSES, NUM_CLASSES, overlay
 
 FULL = "RGB-D-E-L"
+PRIOR = "layout prior (no sensor)"
+"""Row name of the sensor-free baseline (eval.baselines.LayoutPrior) in every report."""
 NORMAL = "normal"
 """The case of a frame without a sensor failure (DELIVER's failure cases: data/deliver.py)."""
 SUBSETS: dict[str, tuple[str, ...]] = {
@@ -71,6 +74,7 @@ class EvalResult:
     camera_frames: int = 0  # camera frames in the source
     dropped_frames: int | None = None  # camera frames that got no output (live)
     notes: list[str] = field(default_factory=list)
+    layout_prior: LayoutPrior = field(default_factory=LayoutPrior)  # fitted on the scored frames, per condition
 
     def add(self, subset: str, condition: str, pred: np.ndarray, gt: np.ndarray, case: str = NORMAL) -> None:
         """Score one frame. `condition` may carry its sensor-failure case after a '/' (as bags'
@@ -80,6 +84,8 @@ class EvalResult:
         self.confusion.setdefault(subset, ConfusionMatrix(NUM_CLASSES)).update(pred, gt)
         for breakdown, key in ((self.per_condition, condition), (self.per_case, case)):
             breakdown.setdefault(subset, {}).setdefault(key, ConfusionMatrix(NUM_CLASSES)).update(pred, gt)
+        if subset == FULL:  # every frame is scored with the full set once
+            self.layout_prior.update(gt, condition)
 
     def add_depth(self, subset: str, condition: str, pred: np.ndarray, gt: np.ndarray,
                   sensor_holes: np.ndarray | None = None) -> None:
@@ -115,6 +121,7 @@ class EvalResult:
                               for s, d in self.per_case.items()},
             "pixel_accuracy": {s: _pct(cm.pixel_accuracy()) for s, cm in self.confusion.items()},
             "class_iou": ({c: _pct(v) for c, v in zip(CLASSES, full.iou(), strict=True)} if full else {}),
+            "layout_prior": self.prior_summary(),
             "depth": {s: e.to_dict() for s, e in self.depth.items()},
             "depth_per_condition": {s: {c: e.to_dict() for c, e in sorted(d.items())}
                                     for s, d in self.depth_per_condition.items()},
@@ -126,6 +133,17 @@ class EvalResult:
             "health_timeline": self.timeline,
             "notes": self.notes,
         }
+
+
+    def prior_summary(self) -> dict:
+        """The layout prior's scores on the same frames: overall and per condition."""
+        prior = self.layout_prior
+        if not prior.counts:
+            return {}
+        overall = prior.confusion()
+        return {"miou": _pct(overall.miou()), "pixel_accuracy": _pct(overall.pixel_accuracy()),
+                "miou_per_condition": {c: _pct(prior.confusion(c).miou()) for c in sorted(prior.counts)},
+                "grid": list(prior.shape)}
 
 
 def _pct(value: float) -> float | None:

@@ -21,6 +21,11 @@ HIERA_STAGES = 4
 """SAM2's Hiera always has four stages (strides 4, 8, 16, 32; three query-pooling steps)."""
 _TUPLE_FIELDS = ("global_attn_indexes", "aux_block_indexes", "stages", "window_spec", "window_pos_embed_bkg")
 
+ROUTERS = ("sigmoid", "softmax", "spatial")
+"""Router kinds (model.router): sigmoid is MLE-SAM's pooled sigmoid gate."""
+FUSION_MEANS = ("plain", "learned", "none")
+"""Mean term of the fusion (model.fusion): plain is MLE-SAM's."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -55,6 +60,9 @@ class ModelConfig:
     num_classes: int = 25
     num_modalities: int = 4
     top_k: int | None = None
+    router: str = "sigmoid"  # model.router.ROUTERS: sigmoid (MLE-SAM), softmax, spatial
+    router_temperature: float = 1.0  # initial temperature of the softmax and spatial routers
+    fusion_mean: str = "plain"  # model.fusion.FUSION_MEANS: plain (MLE-SAM), learned, none
     decoder_depth: int = 2
     decoder_heads: int = 8
     decoder_mlp_dim: int = 2048
@@ -106,6 +114,12 @@ class ModelConfig:
             problems.append("lora_rank and num_modalities must be >= 1")
         if self.top_k is not None and not 1 <= self.top_k <= self.num_modalities:
             problems.append(f"top_k must be None or in [1, {self.num_modalities}]")
+        if self.router not in ROUTERS:
+            problems.append(f"router {self.router!r} is not one of {ROUTERS}")
+        if self.fusion_mean not in FUSION_MEANS:
+            problems.append(f"fusion_mean {self.fusion_mean!r} is not one of {FUSION_MEANS}")
+        if not self.router_temperature > 0:
+            problems.append("router_temperature must be positive")
         if self.memory_layers < 1 or self.memory_dim < 2 or self.memory_dim % 2 or self.num_maskmem < 1:
             problems.append("memory_layers and num_maskmem must be >= 1, memory_dim even (sine encoding)")
         if self.prototype_weight < 0 or not 0 < self.prototype_momentum <= 1:

@@ -2,9 +2,10 @@
 
 images [B, M, 3, H, W] -> one batch of B*M through the frozen image encoder (sample (b, m) using
 LoRA expert m, or one shared LoRA), then one of two fusions:
-- `router` (MLE-SAM): router weights from the pooled per-modality embeddings -> fused features
-  (weighted sum + mean over present modalities) -> one semantic mask decoder pass; the
-  auxiliary head reads the multi-scale features fused the same way.
+- `router` (MLE-SAM): router weights from the per-modality embeddings (pooled, or per token:
+  config.router) -> fused features (weighted sum, plus the mean over present modalities unless
+  config.fusion_mean removes it) -> one semantic mask decoder pass; the auxiliary head reads
+  the multi-scale features fused the same way.
 - `memory` (MemorySAM): the modalities as a frame sequence through SAM2's memory attention and
   memory encoder, one decoder pass per frame, the mean of the present frames' predictions.
 Backbones: SAM's ViT (stride-16 embedding; the auxiliary head reads intermediate blocks) or
@@ -38,7 +39,7 @@ from sam_mmseg_ros.model.hiera_image_encoder import HieraImageEncoder
 from sam_mmseg_ros.model.image_encoder import ImageEncoderViT
 from sam_mmseg_ros.model.memory_fusion import MemorySequenceFusion, check_some_modality_present
 from sam_mmseg_ros.model.prototypes import SemanticPrototypeMemory
-from sam_mmseg_ros.model.router import ModalityRouter
+from sam_mmseg_ros.model.router import ModalityRouter, reported_weights
 from sam_mmseg_ros.model.task_lora import add_task_factors
 
 SAM2_CONTEXT_TOKENS = 2
@@ -92,8 +93,9 @@ class MoELoRASAM(nn.Module):
         if config.adapters == "ta_lora":
             add_task_factors(self.image_encoder, self.task_paths)
         if config.fusion == "router":
-            self.router = ModalityRouter(config.out_chans, config.num_modalities, config.top_k)
-            self.fusion = ModalityFusion()
+            self.router = ModalityRouter(config.out_chans, config.num_modalities, config.top_k, config.router,
+                                         config.router_temperature)
+            self.fusion = ModalityFusion(config.fusion_mean)
         else:
             self.memory = MemorySequenceFusion(config.out_chans, config.memory_dim, config.memory_layers,
                                                config.memory_mlp_dim, config.num_maskmem)
@@ -194,16 +196,16 @@ class MoELoRASAM(nn.Module):
             return x.reshape(b, t, *x.shape[1:])[:, index]
 
         if self.config.fusion == "router":
-            weights = self.router(embedding, mask.repeat_interleave(t, dim=0))  # [B*T, M]
+            weights = self.router(embedding, mask.repeat_interleave(t, dim=0))  # [B*T, M] or [B*T, M, h, w]
 
-            def fuse(features: torch.Tensor, index: int = 0) -> torch.Tensor:
-                return self.fusion(path(features, index), path(weights, index), mask)
+            def fuse(features: torch.Tensor, index: int = 0, channel_dim: int = 2) -> torch.Tensor:
+                return self.fusion(path(features, index), path(weights, index), mask, channel_dim)
 
             def decode(decoder: nn.Module, index: int) -> torch.Tensor:
                 high = tuple(fuse(f, index) for f in high_res) if high_res else None
                 return decoder(fuse(embedding, index), size, high)
 
-            out = {"logits": decode(self.decoder, 0), "router_weights": path(weights, 0)}
+            out = {"logits": decode(self.decoder, 0), "router_weights": reported_weights(path(weights, 0))}
             if self.depth_decoder is not None:
                 out["log_depth"] = decode(self.depth_decoder, self.config.tasks.index("depth") if t > 1 else 0)
         else:  # semantic only, one path (config validation)
@@ -212,11 +214,13 @@ class MoELoRASAM(nn.Module):
             frames = self.memory(embedding, high_res, mask, self.decoder, size)
             out = {"logits": (frames * weights.reshape(*weights.shape, 1, 1, 1)).sum(dim=1), "router_weights": weights}
 
-            def fuse(features: torch.Tensor, index: int = 0) -> torch.Tensor:  # the predictions' mean
+            def fuse(features: torch.Tensor, index: int = 0, channel_dim: int = 2) -> torch.Tensor:  # the mean
                 return (features * weights.reshape(*weights.shape, *([1] * (features.dim() - 2)))).sum(dim=1)
         # The training-only heads help the semantic task: they read the semantic path.
         if training_outputs and self.aux_head is not None:
-            out["aux_logits"] = self.aux_head([fuse(f) for f in aux_features], size)
+            # ViT block features are channels-last [B*T, M, h, w, C]; Hiera's FPN levels are not.
+            channel_dim = 2 if self.config.backbone == "hiera" else -1
+            out["aux_logits"] = self.aux_head([fuse(f, channel_dim=channel_dim) for f in aux_features], size)
         if training_outputs and self.prototype_memory is not None:
             out["prototype_features"] = self.decoder.conv_s0(fuse(high_res[0]))
         return out
