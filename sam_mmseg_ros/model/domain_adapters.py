@@ -19,7 +19,7 @@ What yangjl1215/CoSAM's code does, and what this module follows:
   reads (the global feature CoSAM's L2P baseline queries with, `embedding_key='mean'`), and the
   query is the pair (GFT, first GAT output), each layer-normed. Measured on the synthetic weather
   domains with 10 buffer frames each: the tokens alone told sun from cloud on 53-72 % of held-out
-  frames, the pooled feature on 100 % (docs/RESULTS.md).
+  frames, the pooled feature on 100 % (a trial on the previous synthetic world, not kept as a table).
 - Replay buffer: `--buffer_size 10` frames per domain, used only to train the selector.
   Followed (the buffer holds each frame's camera image; see `continual.py`).
 - Adapters: CoSAM's per-domain adapter is a whole trainable HQ-SAM decoder, chosen in Python per
