@@ -13,7 +13,7 @@ from sam_mmseg_ros.contracts import BadFileError
 EXIT_BAD_FILE = 2
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sam_mmseg_ros.demo", "generate a bag, run the node on it over DDS, write a report"),
-    "train": ("sam_mmseg_ros.train", "train the MoE-LoRA experts, router and heads"),
+    "train": ("sam_mmseg_ros.train_command", "train the MoE-LoRA experts, router and heads"),
     "export": ("sam_mmseg_ros.engine.export", "export a checkpoint to ONNX (fp32 or fp16)"),
     "build-engine": ("sam_mmseg_ros.engine.build", "build (only) a TensorRT engine from ONNX"),
     "eval": ("sam_mmseg_ros.evaluate", "evaluate on a bag or DELIVER folder, write reports"),
