@@ -94,6 +94,22 @@ def test_hha_on_a_flat_floor(step):
 
 
 @pytest.mark.parametrize("step", [1, 2])
+def test_hha_of_a_fisheye_camera_uses_each_pixels_true_ray(step):
+    K = np.array([[30.0, 0, 31.5], [0, 30.0, 23.5], [0, 0, 1]])  # 150 degrees across the diagonal
+    fisheye = CameraModel(64, 48, K, np.array([0.05, -0.01, 0.0, 0.0]), "equidistant")
+    _, yn = fisheye.pixel_rays(undistort=True)
+    with np.errstate(divide="ignore"):
+        depth = np.where(yn > 1e-6, CAMERA_HEIGHT / np.maximum(yn, 1e-6), np.nan).astype(np.float32)
+    floor = np.isfinite(depth)
+    out = hha(depth, fisheye, camera_height_m=CAMERA_HEIGHT, normal_step=step)
+    np.testing.assert_allclose(out[:, :, 1][floor], 0.0, atol=1e-4)  # the floor is at height 0 everywhere
+    np.testing.assert_allclose(out[:, :, 2][_interior(floor, step)], 0.0, atol=1e-2)  # normal = up
+    # The same image read through pinhole rays puts the floor off 0 towards the edges.
+    pinhole = CameraModel(64, 48, K, np.zeros(5), "plumb_bob")
+    assert np.abs(hha(depth, pinhole, camera_height_m=CAMERA_HEIGHT)[:, :, 1][floor]).max() > 0.05
+
+
+@pytest.mark.parametrize("step", [1, 2])
 def test_hha_on_a_wall_facing_the_camera(step):
     depth = np.full((48, 64), 10.0, np.float32)
     out = hha(depth, CAMERA, camera_height_m=CAMERA_HEIGHT, normal_step=step)

@@ -102,7 +102,7 @@ def hha(depth_m: np.ndarray, camera: CameraModel, gravity_up=None,
 
     # Height above the ground: up . (xn z, yn z, z).
     height = out[1]
-    up_per_ray = up[1] * yn + up[2]  # [H, 1]
+    up_per_ray = up[1] * yn + up[2]  # [H, 1] ([H, W] for a fisheye camera)
     if up[0]:
         up_per_ray = up_per_ray + up[0] * xn
     np.multiply(z, up_per_ray, out=height)
@@ -125,13 +125,14 @@ def hha(depth_m: np.ndarray, camera: CameraModel, gravity_up=None,
     # Angle of the surface normal with gravity-up, on every `normal_step`-th pixel: the
     # normal costs ~25 array operations, and depth normals are noisy at one-pixel baselines.
     step = normal_step if H % normal_step == 0 and W % normal_step == 0 else 1
+    normal_angle = _normal_angle if xn.shape[0] == 1 else _normal_angle_any_rays
     if step == 1:
-        _normal_angle(z, xn, yn, camera.fx, camera.fy, up, out[2])
+        normal_angle(z, xn, yn, camera.fx, camera.fy, up, out[2])
     else:
         coarse = np.empty((H // step, W // step), np.float32)
         # Contiguous copies: the ~25 operations of the normal then run on packed rows.
-        _normal_angle(np.ascontiguousarray(z[::step, ::step]), np.ascontiguousarray(xn[:, ::step]),
-                      np.ascontiguousarray(yn[::step]), camera.fx / step, camera.fy / step, up, coarse)
+        normal_angle(np.ascontiguousarray(z[::step, ::step]), np.ascontiguousarray(_every(xn, step)),
+                     np.ascontiguousarray(_every(yn, step)), camera.fx / step, camera.fy / step, up, coarse)
         # Repeat along rows first: the copy then runs over contiguous rows.
         wide = np.repeat(coarse, step, axis=1)
         out[2].reshape(H // step, step, W)[...] = wide[:, None, :]
@@ -261,6 +262,29 @@ def _normal_angle(z, xn, yn, fx: float, fy: float, up: np.ndarray, out: np.ndarr
     out[:, 0] = out[:, -1] = 0.0
 
 
+def _normal_angle_any_rays(z, xn, yn, fx: float, fy: float, up: np.ndarray, out: np.ndarray) -> None:
+    """`_normal_angle` for rays that are not a pinhole's (a fisheye camera: xn, yn [H, W]):
+    the normal is the cross product dP/dv x dP/du of the 3-D points P = z (xn, yn, 1) by
+    central differences, which needs no intrinsics (`fx`, `fy` are unused)."""
+    points = np.stack([z * xn, z * yn, z])  # [3, H, W]
+    du = points[:, 1:-1, 2:] - points[:, 1:-1, :-2]
+    dv = points[:, 2:, 1:-1] - points[:, :-2, 1:-1]
+    normal = np.cross(dv, du, axis=0)
+    norm = np.sqrt((normal * normal).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.tensordot(up, normal, axes=1) / norm
+    angle = out[1:-1, 1:-1]
+    _arccos_over_pi(cos.astype(np.float32), out=angle)
+    _clamp01(angle)
+    out[0] = out[-1] = 0.0
+    out[:, 0] = out[:, -1] = 0.0
+
+
+def _every(rays: np.ndarray, step: int) -> np.ndarray:
+    """Every `step`-th entry of a ray array along the axes it varies on ([1, W], [H, 1] or [H, W])."""
+    return rays[::step if rays.shape[0] > 1 else 1, ::step if rays.shape[1] > 1 else 1]
+
+
 def _clamp01(a: np.ndarray) -> None:
     """Clamp to [0, 1] in place, NaN -> 0 (fmax ignores NaN, where clip would keep it)."""
     np.fmax(a, 0.0, out=a)
@@ -272,12 +296,18 @@ _RAYS_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 def _rays(camera: CameraModel) -> tuple[np.ndarray, np.ndarray]:
     """camera.pixel_rays() as float32 [1, W] and [H, 1] (they broadcast against the depth),
-    cached: the node sees the same camera every frame."""
-    key = (camera.width, camera.height, camera.fx, camera.fy, camera.cx, camera.cy)
+    cached: the node sees the same camera every frame. A fisheye camera's rays are each
+    pixel's true ray, [H, W] each: its pinhole rays would be far off toward the
+    edges (a perspective camera's distortion is left out, as before: a few pixels at most)."""
+    key = camera.key()
     rays = _RAYS_CACHE.get(key)
     if rays is None:
-        xn, yn = camera.pixel_rays()
-        rays = (xn[:1].astype(np.float32), yn[:, :1].astype(np.float32))
+        if camera.distortion_model == "equidistant":
+            xn, yn = camera.pixel_rays(undistort=True)
+            rays = (np.ascontiguousarray(xn, np.float32), np.ascontiguousarray(yn, np.float32))
+        else:
+            xn, yn = camera.pixel_rays()
+            rays = (xn[:1].astype(np.float32), yn[:, :1].astype(np.float32))
         if len(_RAYS_CACHE) >= 8:
             _RAYS_CACHE.clear()
         _RAYS_CACHE[key] = rays
