@@ -168,3 +168,28 @@ def test_router_and_fusion_are_config_choices_saved_with_the_model(tmp_path):
     assert abs(float(out["router_weights"].sum()) - 1.0) < 1e-5
     with pytest.raises(ValueError, match="router"):
         build_model("tiny", router="attention")
+
+
+def test_per_token_weights_reach_sam2s_finer_levels_resized_and_still_summing_to_one():
+    # SAM2's decoder and auxiliary head read stride-4/8 levels: the stride-16 token weights are
+    # resized to them bilinearly (a linear map, so each pixel's weights still sum to 1).
+    fusion = ModalityFusion("none")
+    weights = torch.softmax(torch.randn(2, 3, 4, 4), dim=1)
+    mask = torch.ones(2, 3)
+    ones = torch.ones(2, 3, 5, 16, 16)
+    torch.testing.assert_close(fusion(ones, weights, mask), torch.ones(2, 5, 16, 16))
+    marked = torch.zeros(2, 3, 5, 16, 16)
+    marked[:, 1] = 1.0  # the fused map is modality 1's weight at each pixel
+    upsampled = torch.nn.functional.interpolate(weights, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(fusion(marked, weights, mask)[:, 0], upsampled[:, 1])
+
+    from sam_mmseg_ros.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny_hiera", img_size=64, router="spatial", fusion_mean="learned").eval()
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
+    with torch.no_grad():
+        out = model.forward_logits(torch.randn(1, 4, 3, 64, 64), mask)
+    assert out["logits"].shape == (1, model.config.num_classes, 64, 64) and "aux_logits" in out
+    assert out["router_weights"].shape == (1, 4) and float(out["router_weights"][0, 2]) == 0.0
+    assert float(out["router_weights"].sum()) == pytest.approx(1.0, abs=1e-5)
