@@ -46,9 +46,11 @@ def exported(tmp_path_factory):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         # `tiny`, shortened to keep the export fast: windowed and global attention, decoder; the
-        # per-token router and learned mean term of the shipped model.
+        # shipped model's joint per-token router (its joint gate drawn, not at its zero init) and
+        # fusion without the mean term.
         model = build_model("tiny", img_size=SIZE, depth=2, global_attn_indexes=(1,), aux_block_indexes=(0, 1),
-                            window_size=2, decoder_depth=1, router="spatial", fusion_mean="learned")
+                            window_size=2, decoder_depth=1, router="spatial_joint", fusion_mean="none")
+        torch.nn.init.normal_(model.router.joint_gate.weight, std=0.05)
     checkpoint = folder / "tiny.pt"
     save_checkpoint(checkpoint, model, trained=False)
     fp32 = folder / "tiny_fp32.onnx"

@@ -112,10 +112,11 @@ def test_softmax_router_can_turn_a_modality_down_beyond_the_sigmoid_cap():
     assert float(weights[:, 0].max()) < 1e-3
     assert torch.allclose(weights.sum(1), torch.ones(4), atol=1e-6)
     # A lower temperature sharpens the same logits.
-    logits = router.scores(features)
+    ones = torch.ones(4, 4)
+    logits = router.scores(features, ones)
     with torch.no_grad():
         router.log_temperature.fill_(np.log(0.5))
-    assert torch.allclose(router.scores(features), (2 * logits).clamp(-30, 30), atol=1e-5)
+    assert torch.allclose(router.scores(features, ones), (2 * logits).clamp(-30, 30), atol=1e-5)
 
 
 @torch.no_grad()
@@ -135,6 +136,27 @@ def test_spatial_router_weighs_each_token_and_reports_the_spatial_mean():
     assert torch.equal(router(noisy, MASKS), weights)
     sparse = _unbounded("spatial", top_k=1)(features, MASKS)
     assert torch.all((sparse > 0).sum(dim=1) == 1)
+
+
+@torch.no_grad()
+def test_joint_router_weighs_a_sensor_by_what_every_present_sensor_sees():
+    features = _features()
+    joint, spatial = _unbounded("spatial_joint"), _unbounded("spatial")
+    joint.gate.load_state_dict(spatial.gate.state_dict())
+    # Its joint gate starts at zero: the same weights as the per-modality spatial router.
+    assert torch.equal(joint(features, MASKS), spatial(features, MASKS))
+    with torch.no_grad():
+        joint.joint_gate.weight.normal_(0, 1.0)
+    weights = joint(features, MASKS)
+    assert torch.allclose(weights.sum(dim=1), torch.ones(4, 3, 5), atol=1e-6) and torch.all(weights[MASKS == 0] == 0)
+    # Depth's weight moves when only the camera's tokens change (depth's own features do not)...
+    washed_out = features.clone()
+    washed_out[:, 0] *= 0.1
+    assert float((joint(washed_out, MASKS)[0, 1] - weights[0, 1]).abs().max()) > 1e-3
+    # ...while an absent slot's content says nothing.
+    noisy = features.clone()
+    noisy[MASKS == 0] = 1e3
+    assert torch.equal(joint(noisy, MASKS), weights)
 
 
 @torch.no_grad()
@@ -193,3 +215,19 @@ def test_per_token_weights_reach_sam2s_finer_levels_resized_and_still_summing_to
     assert out["logits"].shape == (1, model.config.num_classes, 64, 64) and "aux_logits" in out
     assert out["router_weights"].shape == (1, 4) and float(out["router_weights"][0, 2]) == 0.0
     assert float(out["router_weights"].sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_stage_may_drop_the_learned_mean_and_keep_everything_else(tmp_path):
+    # The shipped preset pretrains with the learned mean term, then trains the experts with the
+    # router alone in charge: the stored mean weight is left out, every other tensor is kept.
+    from sam_mmseg_ros.model import build_model, save_checkpoint
+    from sam_mmseg_ros.model.checkpoint import init_from_checkpoint
+
+    model = build_model("tiny", img_size=64, depth=2, global_attn_indexes=(1,), aux_block_indexes=(0, 1),
+                        router="spatial", fusion_mean="learned")
+    save_checkpoint(tmp_path / "m.pt", model)
+    routed = init_from_checkpoint(tmp_path / "m.pt", fusion_mean="none")
+    assert routed.fusion.mean == "none" and not hasattr(routed.fusion, "mean_weight")
+    stored = model.state_dict()
+    assert set(routed.state_dict()) == set(stored) - {"fusion.mean_weight"}
+    assert all(torch.equal(value, stored[key]) for key, value in routed.state_dict().items())

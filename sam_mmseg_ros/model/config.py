@@ -27,7 +27,7 @@ HIERA_STAGES = 4
 """SAM2's Hiera always has four stages (strides 4, 8, 16, 32; three query-pooling steps)."""
 _TUPLE_FIELDS = ("global_attn_indexes", "aux_block_indexes", "stages", "window_spec", "window_pos_embed_bkg")
 
-ROUTERS = ("sigmoid", "softmax", "spatial")
+ROUTERS = ("sigmoid", "softmax", "spatial", "spatial_joint")
 """Router kinds (model.router): sigmoid is MLE-SAM's pooled sigmoid gate."""
 FUSION_MEANS = ("plain", "learned", "none")
 """Mean term of the fusion (model.fusion): plain is MLE-SAM's."""
@@ -66,7 +66,7 @@ class ModelConfig:
     num_classes: int = 25
     num_modalities: int = 4
     top_k: int | None = None
-    router: str = "sigmoid"  # model.router.ROUTERS: sigmoid (MLE-SAM), softmax, spatial
+    router: str = "sigmoid"  # model.router.ROUTERS: sigmoid (MLE-SAM), softmax, spatial, spatial_joint
     router_temperature: float = 1.0  # initial temperature of the softmax and spatial routers
     fusion_mean: str = "plain"  # model.fusion.FUSION_MEANS: plain (MLE-SAM), learned, none
     decoder_depth: int = 2

@@ -13,6 +13,11 @@ Three kinds, chosen by `ModelConfig.router`:
   hides far things first and headlights light only the near road), the softmax runs over the
   modalities at each token. The weights reported (engine output `router_weights`, health) are
   their spatial mean, which still sums to 1 over the present modalities.
+- "spatial_joint": "spatial" plus a joint gate: each modality's logit at a token also reads
+  every present modality's token there (one linear map of their concatenation, starting at 0).
+  A shared per-modality gate judges a sensor by its own features only; a time-of-flight camera
+  reading the fog in front of it looks like a plausible near wall, and only the camera's
+  washed-out token says it is fog. Not in MLE-SAM.
 
 Kept from MLE-SAM in all kinds: a linear gate shared by the modalities (the LoRA-adapted
 embeddings differ per modality), masking of absent modalities before the softmax, optional
@@ -50,14 +55,22 @@ class ModalityRouter(nn.Module):
         self.top_k = top_k
         self.kind = kind
         self.gate = nn.Linear(embed_dim, 1)
+        if kind == "spatial_joint":
+            self.joint_gate = nn.Linear(num_modalities * embed_dim, num_modalities)
+            nn.init.zeros_(self.joint_gate.weight)
+            nn.init.zeros_(self.joint_gate.bias)
         if kind != "sigmoid":
             self.modality_bias = nn.Parameter(torch.zeros(num_modalities))
             self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
 
-    def scores(self, features: torch.Tensor) -> torch.Tensor:
-        """features [B, M, C, h, w] -> scores [B, M] (pooled kinds) or [B, M, h, w] (spatial)."""
-        if self.kind == "spatial":
+    def scores(self, features: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
+        """features [B, M, C, h, w], modality_mask [B, M] -> scores [B, M] (pooled kinds) or
+        [B, M, h, w] (spatial kinds)."""
+        if self.kind in ("spatial", "spatial_joint"):
             logits = self.gate(features.movedim(2, -1)).squeeze(-1)  # [B, M, h, w]
+            if self.kind == "spatial_joint":  # absent slots zeroed, so they say nothing
+                present = features * modality_mask.reshape(*modality_mask.shape, 1, 1, 1)
+                logits = logits + self.joint_gate(present.flatten(1, 2).movedim(1, -1)).movedim(-1, 1)
             bias = self.modality_bias.reshape(1, -1, 1, 1)
         else:
             logits = self.gate(features.mean(dim=(3, 4))).squeeze(-1)  # [B, M]
@@ -77,7 +90,7 @@ class ModalityRouter(nn.Module):
         if not capturing_graph():  # a data-dependent check cannot be recorded in a graph
             if bool((modality_mask.sum(dim=1) == 0).any()):
                 raise ValueError("every modality is absent in at least one sample: nothing to route")
-        scores = self.scores(features)
+        scores = self.scores(features, modality_mask)
         mask = modality_mask.reshape(modality_mask.shape + (1,) * (scores.dim() - 2))
         weights = torch.softmax(scores.masked_fill(mask <= 0, _ABSENT_SCORE), dim=1) * mask
         if self.top_k is not None and self.top_k < self.num_modalities:
