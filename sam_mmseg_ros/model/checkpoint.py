@@ -140,10 +140,13 @@ def init_from_checkpoint(path: str | os.PathLike, **overrides) -> MoELoRASAM:
     Every stored tensor must fit the new model. The parts the stored model does not have keep
     their init (task cores at zero, so every task starts from the stored experts' features), except
     that a new depth decoder starts as a copy of the stored semantic decoder wherever the shapes
-    agree (TA-LoRA starts every task's decoder from SAM's); its output token keeps its init."""
+    agree (TA-LoRA starts every task's decoder from SAM's); its output token keeps its init. A
+    fusion mean the new config drops (`fusion_mean="none"`) is left out: the router alone decides."""
     stored, _ = load_checkpoint(path)
     model = MoELoRASAM(stored.config.with_overrides(**overrides))
     state = stored.state_dict()
+    if model.config.fusion_mean != "learned":
+        state.pop("fusion.mean_weight", None)
     added = set(model.state_dict()) - set(state)
     if model.depth_decoder is not None and stored.depth_decoder is None:
         own = model.state_dict()
