@@ -79,7 +79,7 @@ def main() -> None:
              "| visibility | measure | " + " | ".join(BAND_NAMES) + " |", "|---|---|" + "---|" * len(BANDS)]
     for v in visibilities:
         ratios = totals[v][..., 0] / np.maximum(totals[v][..., 1], 1)
-        for name, row in zip(names, ratios):
+        for name, row in zip(names, ratios, strict=True):
             cells = [f"{x:.2f}" for x in (row[:1] if name.startswith("events") else row)]
             cells += [""] * (len(BANDS) - len(cells))
             lines.append(f"| {v:.0f} m | {name} | " + " | ".join(cells) + " |")
