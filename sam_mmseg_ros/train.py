@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from sam_mmseg_ros.contracts import IGNORE_LABEL, MODALITY_INDEX
-from sam_mmseg_ros.data.dataset import augment, modality_dropout
+from sam_mmseg_ros.data.dataset import augment, modality_dropout, rgb_alone
 from sam_mmseg_ros.model.checkpoint import DEFAULT_CHECKPOINT
 from sam_mmseg_ros.model.domain_adapters import learn_domain
 from sam_mmseg_ros.model.losses import LogDepthL1, SegmentationLoss
@@ -72,6 +72,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient L2 norm; 0 disables
     amp: str = "auto"  # auto (CUDA: bf16 where supported, else fp16; CPU: off) | bf16 (CUDA or CPU) | fp16 (CUDA) | off
     modality_dropout: float = 0.0
+    rgb_alone: float = 0.0  # share of samples (after dropout) given RGB only: the path every failure falls back to
     augment: bool = False  # flips, random resized crops, colour jitter, blur (data.dataset.Augmentation)
     class_balance: float = 0.0  # OHEM class weights frequency^-p over the training labels (0: none, 0.5: 1/sqrt)
     rgb_only: bool = False  # feed only the RGB slot (encoder pretraining)
@@ -283,8 +284,11 @@ def _prepare_batch(batch: dict, config: TrainConfig, runtime: _Runtime, step: in
     if config.rgb_only:
         mask = torch.zeros_like(mask)
         mask[:, MODALITY_INDEX["rgb"]] = 1.0
-    elif config.modality_dropout > 0:
-        mask = modality_dropout(mask, generator, config.modality_dropout)
+    else:
+        if config.modality_dropout > 0:
+            mask = modality_dropout(mask, generator, config.modality_dropout)
+        if config.rgb_alone > 0:
+            mask = rgb_alone(mask, generator, config.rgb_alone)
     depth = batch.get("depth")
     if config.augment:
         images, label, depth = augment(images, mask, label, generator, depth=depth)
@@ -609,8 +613,9 @@ PRESETS: dict[str, Preset] = {
         stages=(
             Stage("pretrain", {"steps": 900, "lr": 1e-3, "train_encoder": True, "train_experts": False,
                                "rgb_only": True, "modality_dropout": 0.0}),
-            Stage("experts", {"steps": 1000, "lr": 1e-3, "train_encoder": False, "train_experts": True,
-                              "rgb_only": False, "modality_dropout": 0.3}),
+            Stage("experts", {"steps": 1000, "lr": 1e-3, "train_encoder": True, "train_experts": True,
+                              "rgb_only": False, "modality_dropout": 0.3, "rgb_alone": 0.15,
+                              "model_overrides": {"router": "spatial_joint", "fusion_mean": "none"}}),
         ),
         dataset={"dataset": "synthetic", "train_frames": 1536, "val_frames": 64, "frames_per_sequence": 4,
                  "render_sizes": [[256, 256], [240, 320], [180, 320]]},

@@ -58,6 +58,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="probability of punching a depth camera's holes into a sample's depth input")
     parser.add_argument("--modality-dropout", type=float, metavar="P",
                         help="probability of dropping each modality in a sample (never all)")
+    parser.add_argument("--rgb-alone", type=float, metavar="P",
+                        help="share of samples (after dropout) given RGB only, the node's last fallback")
     parser.add_argument("--train-encoder", action="store_true", default=None,
                         help="also train the SAM encoder (pretraining only)")
     parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
@@ -94,7 +96,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 _CONFIG_ARGS = ("model", "img_size", "sam_checkpoint", "init_checkpoint", "steps", "warmup_steps", "batch_size",
-                "lr", "modality_dropout", "train_encoder", "amp", "augment", "class_balance", "checkpoint_every",
+                "lr", "modality_dropout", "rgb_alone", "train_encoder", "amp", "augment", "class_balance", "checkpoint_every",
                 "num_workers", "seed", "device", "out_dir", "progress", "depth_weight", "depth_holes")
 _MODEL_ARGS = ("adapters", "tasks")
 """Options that are ModelConfig fields (TrainConfig.model_overrides)."""

@@ -173,6 +173,21 @@ def test_modality_dropout_never_drops_all_and_drops_any_subset():
     assert torch.equal(modality_dropout(partial, generator, p=0.0), partial)
 
 
+def test_rgb_alone_keeps_only_rgb_in_a_share_of_the_samples_that_have_it():
+    from sam_mmseg_ros.data.dataset import rgb_alone
+
+    mask = torch.ones(4000, 4)
+    mask[:1000, 0] = 0.0  # no camera in these: nothing to keep
+    out = rgb_alone(mask, torch.Generator().manual_seed(0), p=0.25)
+    alone = (out[:, 0] == 1) & (out[:, 1:].sum(dim=1) == 0)
+    assert 0.2 < float(alone[1000:].float().mean()) < 0.3
+    assert torch.equal(out[:1000], mask[:1000])
+    assert torch.equal(out[~alone], mask[~alone])
+    assert torch.equal(rgb_alone(mask, torch.Generator(), p=0.0), mask)
+    with pytest.raises(ValueError, match="rgb_alone"):
+        rgb_alone(mask, torch.Generator(), p=1.5)
+
+
 # --- augmentation -----------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam_mmseg_ros.contracts import IMAGENET_MEAN, IMAGENET_STD, MODALITIES
+from sam_mmseg_ros.contracts import IMAGENET_MEAN, IMAGENET_STD, MODALITIES, MODALITY_INDEX
 
 
 class Sample(TypedDict, total=False):
@@ -77,6 +77,19 @@ def modality_dropout(mask: torch.Tensor, generator: torch.Generator, p: float) -
     scores = torch.rand(flat.shape, generator=generator).masked_fill(~present, -1.0)
     rescue = F.one_hot(scores.argmax(dim=1), flat.shape[1]).bool() & emptied[:, None]
     return (keep | rescue).reshape(mask.shape).to(device=mask.device, dtype=mask.dtype)
+
+
+def rgb_alone(mask: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor:
+    """Keep only RGB, with probability `p`, in the [B, M] samples that have it: modality dropout
+    alone gives RGB-only samples rarely (p^3 (1 - p) of them), yet RGB alone is what the node
+    runs on when every other sensor fails. Draws from `generator`, like `modality_dropout`."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"rgb_alone probability must be in [0, 1], got {p}")
+    rgb = MODALITY_INDEX["rgb"]
+    chosen = (torch.rand(mask.shape[0], generator=generator) < p).to(mask.device) & (mask[:, rgb] > 0)
+    only_rgb = torch.zeros_like(mask)
+    only_rgb[:, rgb] = mask[:, rgb]
+    return torch.where(chosen[:, None], only_rgb, mask)
 
 
 @dataclass(frozen=True)
