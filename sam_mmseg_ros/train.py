@@ -605,8 +605,9 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "synthetic-tiny": Preset(
         description="the model shipped with the package: tiny SAM-architecture encoder pretrained on "
-                    "synthetic RGB (standing in for SAM's pretraining), then frozen while the MoE-LoRA "
-                    "experts, the per-token router and the heads learn all modalities with modality dropout; "
+                    "synthetic RGB (standing in for SAM's pretraining), then trained on with the MoE-LoRA "
+                    "experts, the joint per-token router and the heads on all modalities (too small to stay "
+                    "frozen as MLE-SAM keeps SAM's), modality dropout and RGB alone in 15 % of the samples; "
                     "augmented, class-balanced OHEM, square and wide cameras squeezed into a 256x256 input",
         base={"model": "tiny", "img_size": 256, "batch_size": 8, "warmup_steps": 50, "augment": True,
               "class_balance": 0.5, "model_overrides": {"router": "spatial", "fusion_mean": "learned"}},

@@ -61,7 +61,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rgb-alone", type=float, metavar="P",
                         help="share of samples (after dropout) given RGB only, the node's last fallback")
     parser.add_argument("--train-encoder", action="store_true", default=None,
-                        help="also train the SAM encoder (pretraining only)")
+                        help="also train the SAM encoder (pretraining, or a small encoder with its experts)")
     parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
                         help="mixed precision: auto = bf16/fp16 on CUDA, off on the CPU (said in the log); bf16 also "
                              "works on the CPU (fast with AMX); fp16 needs CUDA")

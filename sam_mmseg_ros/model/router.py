@@ -1,6 +1,6 @@
 """Modality router: how much each present modality contributes to the fused features.
 
-Three kinds, chosen by `ModelConfig.router`:
+Four kinds, chosen by `ModelConfig.router`:
 
 - "sigmoid" (MLE-SAM as published): each modality's encoder output, averaged over space, is
   scored by one learned linear gate with a sigmoid; scores of absent modalities are masked out
