@@ -512,3 +512,25 @@ def test_depth_holes_model_and_training_augmentation():
     assert torch.equal(out, _with_depth_holes(images, mask, torch.from_numpy(np.stack([depth] * 6)), config, 0, 7))
     assert torch.equal(_with_depth_holes(images, mask, torch.from_numpy(np.stack([depth] * 6)),
                                          TrainConfig(depth_holes=1e-9), 0, 7), images)
+
+
+def test_the_shipped_preset_hands_each_stage_to_the_next(deliver_root, tmp_path):
+    """`synthetic-tiny` chains as shipped (a 60-minute run is the only other check): stage 1
+    pretrains on RGB with the learned mean term and frozen experts; stage 2 starts from it with
+    the joint router and no mean term, and trains the experts and the encoder."""
+    from sam_mmseg_ros.model.checkpoint import load_checkpoint
+    from sam_mmseg_ros.train import run_preset
+
+    data = torch.utils.data.Subset(DeliverDataset(deliver_root, "train", size=(SIZE, SIZE)), range(4))
+    result = run_preset("synthetic-tiny", {"img_size": SIZE, "steps": 2, "batch_size": 2, "warmup_steps": 1,
+                                           "out_dir": str(tmp_path), "device": "cpu", "progress": False}, data)
+    pretrained, _ = load_checkpoint(tmp_path / "pretrain" / "model.pt")
+    final, _ = load_checkpoint(result["checkpoint"])
+    assert (pretrained.config.router, pretrained.config.fusion_mean) == ("spatial", "learned")
+    assert (final.config.router, final.config.fusion_mean) == ("spatial_joint", "none")
+    before, after = pretrained.state_dict(), final.state_dict()
+    assert not before["image_encoder.blocks.0.attn.qkv.lora_b_q"].any()
+    assert after["image_encoder.blocks.0.attn.qkv.lora_b_q"].any()  # the experts learned in stage 2...
+    assert not torch.equal(before["image_encoder.blocks.0.attn.proj.weight"],
+                           after["image_encoder.blocks.0.attn.proj.weight"])  # ...and so did the encoder
+    assert after["router.joint_gate.weight"].any()
